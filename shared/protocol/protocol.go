@@ -1,0 +1,85 @@
+// Package protocol is the wire contract between the console and edge agents:
+// MQTT topic layout and the JSON messages published on those topics.
+// It imports nothing from either side, so both can depend on it.
+package protocol
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// DefaultPrefix is the versioned root of every CloudSkin topic.
+const DefaultPrefix = "cloudskin/v1"
+
+// Limits every receiver enforces before decoding a message.
+const (
+	// MaxTelemetryBytes bounds one telemetry message; a real sample is ~1 KiB.
+	MaxTelemetryBytes = 64 << 10
+	// MaxStatusBytes bounds one status message.
+	MaxStatusBytes = 8 << 10
+)
+
+// Topic leaves under nodes/{node}/.
+const (
+	LeafTelemetry = "telemetry"
+	LeafStatus    = "status"
+	LeafDesired   = "desired"
+	LeafActual    = "actual"
+	LeafEvents    = "events"
+)
+
+// Topics builds and parses topic names under a prefix.
+type Topics struct {
+	Prefix string
+}
+
+// NewTopics returns Topics for prefix, or DefaultPrefix when prefix is empty.
+func NewTopics(prefix string) Topics {
+	prefix = strings.Trim(prefix, "/")
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return Topics{Prefix: prefix}
+}
+
+// Node is the topic of one leaf of one node, e.g. cloudskin/v1/nodes/edge-1/telemetry.
+func (t Topics) Node(node, leaf string) string {
+	return t.Prefix + "/nodes/" + node + "/" + leaf
+}
+
+// NodeRoot is the subtree a node may publish under: cloudskin/v1/nodes/{node}/#.
+func (t Topics) NodeRoot(node string) string { return t.Prefix + "/nodes/" + node + "/#" }
+
+// AllNodes is a filter matching one leaf of every node: cloudskin/v1/nodes/+/{leaf}.
+func (t Topics) AllNodes(leaf string) string { return t.Prefix + "/nodes/+/" + leaf }
+
+// ParseNode splits a node topic into its node name and leaf.
+// ok is false for anything not of the form {prefix}/nodes/{node}/{leaf}.
+func (t Topics) ParseNode(topic string) (node, leaf string, ok bool) {
+	rest, found := strings.CutPrefix(topic, t.Prefix+"/nodes/")
+	if !found {
+		return "", "", false
+	}
+	node, leaf, found = strings.Cut(rest, "/")
+	if !found || node == "" || leaf == "" || strings.Contains(leaf, "/") {
+		return "", "", false
+	}
+	return node, leaf, true
+}
+
+var nodeNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ErrInvalidNodeName is wrapped by ValidateNodeName.
+var ErrInvalidNodeName = errors.New("invalid node name")
+
+// ValidateNodeName accepts DNS-label names (lowercase letters, digits, '-',
+// at most 63 characters), which keeps names safe as MQTT topic levels,
+// file names and usernames in a broker password file.
+func ValidateNodeName(name string) error {
+	if !nodeNameRE.MatchString(name) {
+		return fmt.Errorf("%w %q: use 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit", ErrInvalidNodeName, name)
+	}
+	return nil
+}
