@@ -1,0 +1,151 @@
+// Package api is the console's HTTP API: echo handlers that decode a
+// request, authorize it, call a service and encode the answer. Errors map to
+// status codes in one place (httpError).
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cloudskin/cloudskin/console/internal/auth"
+	"github.com/cloudskin/cloudskin/console/internal/fleet"
+	"github.com/cloudskin/cloudskin/console/internal/metrics"
+	"github.com/cloudskin/cloudskin/console/internal/store"
+)
+
+// MaxBodyBytes bounds every request body.
+const MaxBodyBytes = 1 << 20
+
+// Server holds what the handlers need.
+type Server struct {
+	Store   *store.Store
+	Fleet   *fleet.Service
+	Tokens  *auth.Tokens
+	Metrics *metrics.Metrics
+	Log     *slog.Logger
+	// Ready reports whether the console can serve (database and broker up).
+	Ready func(ctx context.Context) error
+}
+
+// Handler builds the echo router.
+func (s *Server) Handler() *echo.Echo {
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.HTTPErrorHandler = s.errorHandler
+	e.Use(middleware.Recover())
+	e.Use(s.observe)
+	e.Use(middleware.BodyLimit(strconv.Itoa(MaxBodyBytes / 1024) + "K"))
+
+	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{})))
+
+	v1 := e.Group("/api/v1")
+	v1.POST("/auth/login", s.login)
+	v1.POST("/enroll", s.enroll)
+	v1.GET("/agent/whoami", s.whoami, s.nodeAuth)
+
+	users := v1.Group("", s.userAuth)
+	users.POST("/tokens", s.createToken, requireRole(store.RoleAdmin))
+	users.GET("/nodes", s.listNodes)
+	users.GET("/nodes/:name", s.getNode)
+	users.GET("/nodes/:name/telemetry", s.nodeTelemetry)
+	return e
+}
+
+// apiError is the JSON body of every error.
+type apiError struct {
+	Error  string `json:"error"`
+	Detail any    `json:"detail,omitempty"`
+}
+
+// httpError maps a service error to a status code and a message fit for
+// the caller. Unexpected errors become a 500 without internals.
+func httpError(err error) (int, string) {
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &he):
+		return he.Code, fmt.Sprint(he.Message)
+	case errors.Is(err, fleet.ErrInvalid):
+		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, store.ErrNotFound):
+		return http.StatusNotFound, err.Error()
+	case errors.Is(err, store.ErrConflict):
+		return http.StatusConflict, err.Error()
+	case errors.Is(err, store.ErrTokenUnknown), errors.Is(err, store.ErrTokenExpired), errors.Is(err, store.ErrTokenUsed):
+		return http.StatusUnauthorized, err.Error()
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable, "request cancelled or timed out"
+	default:
+		return http.StatusInternalServerError, "internal error"
+	}
+}
+
+func (s *Server) errorHandler(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	code, msg := httpError(err)
+	if code >= 500 {
+		s.Log.Error("request failed", "method", c.Request().Method, "path", c.Request().URL.Path, "err", err)
+	} else if code != http.StatusNotFound {
+		s.Log.Info("request refused", "method", c.Request().Method, "path", c.Request().URL.Path, "code", code, "err", msg)
+	}
+	if code == http.StatusBadRequest || code == http.StatusRequestEntityTooLarge || code == http.StatusUnsupportedMediaType {
+		s.Metrics.Reject(metrics.RejectBadRequest)
+	}
+	if c.Request().Method == http.MethodHead {
+		_ = c.NoContent(code)
+		return
+	}
+	_ = c.JSON(code, apiError{Error: msg})
+}
+
+// observe counts and times requests by route.
+func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		if err != nil {
+			c.Error(err)
+		}
+		route := c.Path()
+		if route == "" {
+			route = "unmatched"
+		}
+		s.Metrics.HTTPRequests.WithLabelValues(c.Request().Method, route, strconv.Itoa(c.Response().Status)).Inc()
+		s.Metrics.HTTPDuration.WithLabelValues(c.Request().Method, route).Observe(time.Since(start).Seconds())
+		return nil
+	}
+}
+
+func (s *Server) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 3*time.Second)
+	defer cancel()
+	if err := s.Ready(ctx); err != nil {
+		return c.JSON(http.StatusServiceUnavailable, apiError{Error: "not ready", Detail: err.Error()})
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// bind decodes a JSON body strictly.
+func bind(c echo.Context, v any) error {
+	if ct := c.Request().Header.Get(echo.HeaderContentType); ct != "" && ct != echo.MIMEApplicationJSON && ct != echo.MIMEApplicationJSONCharsetUTF8 {
+		return echo.NewHTTPError(http.StatusUnsupportedMediaType, "send application/json")
+	}
+	dec := jsonDecoder(c.Request().Body)
+	if err := dec.Decode(v); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, "malformed JSON body: "+err.Error())
+	}
+	return nil
+}

@@ -1,0 +1,156 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cloudskin/cloudskin/console/internal/broker"
+	"github.com/cloudskin/cloudskin/console/internal/metrics"
+	"github.com/cloudskin/cloudskin/console/internal/store"
+	"github.com/cloudskin/cloudskin/shared/protocol"
+)
+
+// Sink receives node messages from the broker (see broker.Sink): it
+// validates, stores and updates liveness. Bad input is counted, logged and
+// refused; a database failure asks the broker not to acknowledge.
+func (s *Service) Sink(ctx context.Context, topic string, payload []byte) error {
+	node, leaf, ok := s.cfg.Topics.ParseNode(topic)
+	if !ok {
+		s.m.Reject(metrics.RejectUnknownTopic)
+		s.log.Warn("message on unknown topic dropped", "topic", topic)
+		return fmt.Errorf("%w: topic %q", ErrInvalid, topic)
+	}
+	s.m.MQTTMessages.WithLabelValues(leaf).Inc()
+	n, err := s.store.NodeByName(ctx, node)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			s.m.Reject(metrics.RejectUnknownNode)
+			s.log.Warn("message from unknown node dropped", "node", node, "topic", topic)
+			return fmt.Errorf("%w: unknown node %q", ErrInvalid, node)
+		}
+		return fmt.Errorf("%w: %v", broker.ErrRetry, err)
+	}
+	switch leaf {
+	case protocol.LeafTelemetry:
+		return s.telemetry(ctx, n, payload)
+	case protocol.LeafStatus:
+		return s.status(ctx, n, payload)
+	case protocol.LeafActual, protocol.LeafEvents:
+		// Reconciliation and events arrive with the cells issue; for now
+		// they only prove the node is alive.
+		return s.seen(ctx, n, nil)
+	default:
+		s.m.Reject(metrics.RejectUnknownTopic)
+		s.log.Warn("message on unknown topic leaf dropped", "node", node, "topic", topic)
+		return fmt.Errorf("%w: topic %q", ErrInvalid, topic)
+	}
+}
+
+func (s *Service) seen(ctx context.Context, n *store.Node, fields map[string]any) error {
+	became, err := s.store.NodeSeen(ctx, n.ID, s.now().UnixMicro(), fields)
+	if err != nil {
+		return fmt.Errorf("%w: %v", broker.ErrRetry, err)
+	}
+	if became {
+		s.m.NodeTransitions.WithLabelValues(protocol.StateOnline, "message received").Inc()
+		s.log.Info("node online", "node", n.Name)
+	}
+	return nil
+}
+
+func (s *Service) telemetry(ctx context.Context, n *store.Node, payload []byte) error {
+	if len(payload) > protocol.MaxTelemetryBytes {
+		s.m.Reject(metrics.RejectTelemetryOversized)
+		s.log.Warn("oversized telemetry dropped", "node", n.Name, "bytes", len(payload), "limit", protocol.MaxTelemetryBytes)
+		return fmt.Errorf("%w: telemetry of %d bytes exceeds %d", ErrInvalid, len(payload), protocol.MaxTelemetryBytes)
+	}
+	var t protocol.Telemetry
+	if err := json.Unmarshal(payload, &t); err != nil {
+		s.m.Reject(metrics.RejectTelemetryMalformed)
+		s.log.Warn("malformed telemetry dropped", "node", n.Name, "err", err)
+		return fmt.Errorf("%w: telemetry: %v", ErrInvalid, err)
+	}
+	now := s.now()
+	if err := t.Validate(n.Name, now); err != nil {
+		s.m.Reject(metrics.RejectTelemetryInvalid)
+		s.log.Warn("invalid telemetry dropped", "node", n.Name, "err", err)
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	// Store the canonical encoding, not the raw bytes: unknown fields a
+	// hostile client added do not reach the database.
+	canon, _ := json.Marshal(&t)
+	inserted, err := s.store.InsertSample(ctx, &store.Sample{
+		NodeID: n.ID, TimeUS: t.Time.UnixMicro(), Seq: t.Seq, CPUPercent: t.CPU.Percent,
+		MemPercent: t.Memory.Percent, PowerW: t.Energy.PowerW, EnergySource: t.Energy.Source,
+		BatteryPct: t.Energy.BatteryPct, Payload: string(canon), ReceivedUS: now.UnixMicro(),
+	})
+	if err != nil {
+		s.log.Error("telemetry not stored", "node", n.Name, "err", err)
+		return fmt.Errorf("%w: %v", broker.ErrRetry, err)
+	}
+	if inserted {
+		s.m.SamplesStored.Inc()
+	} else {
+		s.m.SamplesDuplicate.Inc()
+	}
+	return s.seen(ctx, n, nil)
+}
+
+func (s *Service) status(ctx context.Context, n *store.Node, payload []byte) error {
+	if len(payload) > protocol.MaxStatusBytes {
+		s.m.Reject(metrics.RejectStatusInvalid)
+		return fmt.Errorf("%w: status of %d bytes exceeds %d", ErrInvalid, len(payload), protocol.MaxStatusBytes)
+	}
+	var st protocol.Status
+	if err := json.Unmarshal(payload, &st); err != nil {
+		s.m.Reject(metrics.RejectStatusInvalid)
+		s.log.Warn("malformed status dropped", "node", n.Name, "err", err)
+		return fmt.Errorf("%w: status: %v", ErrInvalid, err)
+	}
+	if err := st.Validate(n.Name); err != nil {
+		s.m.Reject(metrics.RejectStatusInvalid)
+		s.log.Warn("invalid status dropped", "node", n.Name, "err", err)
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if st.State == protocol.StateOffline {
+		changed, err := s.store.MarkOffline(ctx, n.ID, s.now().UnixMicro(), "last will")
+		if err != nil {
+			return fmt.Errorf("%w: %v", broker.ErrRetry, err)
+		}
+		if changed {
+			s.m.NodeTransitions.WithLabelValues(protocol.StateOffline, "last will").Inc()
+			s.log.Info("node offline", "node", n.Name, "reason", "last will")
+		}
+		return nil
+	}
+	fields := map[string]any{"heartbeat_us": int64(st.HeartbeatSeconds * float64(time.Second/time.Microsecond))}
+	if st.Arch != "" {
+		fields["arch"] = truncate(st.Arch, 32)
+	}
+	if st.OS != "" {
+		fields["os"] = truncate(st.OS, 32)
+	}
+	if st.Version != "" {
+		fields["version"] = truncate(st.Version, 64)
+	}
+	if st.Labels != nil {
+		if err := ValidateLabels(st.Labels); err != nil {
+			s.m.Reject(metrics.RejectStatusInvalid)
+			s.log.Warn("status labels refused", "node", n.Name, "err", err)
+		} else {
+			b, _ := json.Marshal(st.Labels)
+			fields["labels"] = string(b)
+		}
+	}
+	return s.seen(ctx, n, fields)
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

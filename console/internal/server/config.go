@@ -1,0 +1,119 @@
+// Package server wires the console together: database, MQTT bus, fleet
+// service and HTTP API, started and stopped as one.
+package server
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/cloudskin/cloudskin/shared/protocol"
+)
+
+// Config is the console's configuration (flags, CLOUDSKIN_* env, YAML).
+type Config struct {
+	Data             string        `yaml:"data"`
+	HTTP             string        `yaml:"http"`
+	MQTT             string        `yaml:"mqtt"`
+	DB               string        `yaml:"db"`
+	Broker           string        `yaml:"broker"`
+	BrokerPublic     string        `yaml:"broker_public"`
+	TopicPrefix      string        `yaml:"topic_prefix"`
+	JWTTTL           time.Duration `yaml:"jwt_ttl"`
+	Retention        time.Duration `yaml:"telemetry_retention"`
+	DefaultHeartbeat time.Duration `yaml:"default_heartbeat"`
+	MissedHeartbeats int           `yaml:"missed_heartbeats"`
+	MosquittoDir     string        `yaml:"mosquitto_dir"`
+	MosquittoPidfile string        `yaml:"mosquitto_pidfile"`
+	LogLevel         string        `yaml:"log_level"`
+}
+
+// DefaultConfig is what `cloudskin-console serve` uses with no flags.
+func DefaultConfig() Config {
+	return Config{
+		Data:             "./data/console",
+		HTTP:             ":8080",
+		MQTT:             ":1883",
+		TopicPrefix:      protocol.DefaultPrefix,
+		JWTTTL:           12 * time.Hour,
+		Retention:        7 * 24 * time.Hour,
+		DefaultHeartbeat: 5 * time.Second,
+		MissedHeartbeats: 3,
+		LogLevel:         "info",
+	}
+}
+
+// Define binds the serve flags to c.
+func (c *Config) Define(fs *flag.FlagSet) {
+	fs.StringVar(&c.Data, "data", c.Data, "data directory (SQLite database, secrets)")
+	fs.StringVar(&c.HTTP, "http", c.HTTP, "HTTP listen address")
+	fs.StringVar(&c.MQTT, "mqtt", c.MQTT, "embedded MQTT broker listen address (unused with --broker)")
+	fs.StringVar(&c.DB, "db", c.DB, "database: empty for SQLite in --data, or postgres://user:pass@host/db")
+	fs.StringVar(&c.Broker, "broker", c.Broker, "external MQTT broker tcp://host:port; empty runs the embedded broker")
+	fs.StringVar(&c.BrokerPublic, "broker-public", c.BrokerPublic, "broker URL agents are told at enrollment (default: derived from --mqtt or --broker)")
+	fs.StringVar(&c.TopicPrefix, "topic-prefix", c.TopicPrefix, "MQTT topic prefix")
+	fs.DurationVar(&c.JWTTTL, "jwt-ttl", c.JWTTTL, "lifetime of an API login token")
+	fs.DurationVar(&c.Retention, "telemetry-retention", c.Retention, "how long telemetry is kept")
+	fs.DurationVar(&c.DefaultHeartbeat, "default-heartbeat", c.DefaultHeartbeat, "heartbeat assumed for nodes that do not state theirs")
+	fs.IntVar(&c.MissedHeartbeats, "missed-heartbeats", c.MissedHeartbeats, "missed heartbeats before a node is offline")
+	fs.StringVar(&c.MosquittoDir, "mosquitto-dir", c.MosquittoDir, "with --broker: directory where the console writes Mosquitto's passwd and acl files")
+	fs.StringVar(&c.MosquittoPidfile, "mosquitto-pidfile", c.MosquittoPidfile, "with --broker: Mosquitto's pid file, signalled (HUP) to reload credentials")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+}
+
+// Validate says which field is wrong and why.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Data == "" {
+		errs = append(errs, errors.New("data: must name a directory"))
+	}
+	if _, _, err := net.SplitHostPort(c.HTTP); err != nil {
+		errs = append(errs, fmt.Errorf("http: %q is not host:port: %v", c.HTTP, err))
+	}
+	if c.Broker == "" {
+		if _, _, err := net.SplitHostPort(c.MQTT); err != nil {
+			errs = append(errs, fmt.Errorf("mqtt: %q is not host:port: %v", c.MQTT, err))
+		}
+	} else if !strings.HasPrefix(c.Broker, "tcp://") && !strings.HasPrefix(c.Broker, "ssl://") {
+		errs = append(errs, fmt.Errorf("broker: %q must start with tcp:// or ssl://", c.Broker))
+	}
+	if c.Broker == "" && (c.MosquittoDir != "" || c.MosquittoPidfile != "") {
+		errs = append(errs, errors.New("mosquitto-dir/mosquitto-pidfile: only meaningful with --broker"))
+	}
+	if c.JWTTTL < time.Minute || c.JWTTTL > 30*24*time.Hour {
+		errs = append(errs, fmt.Errorf("jwt-ttl: %s must be between 1m and 720h", c.JWTTTL))
+	}
+	if c.MissedHeartbeats < 1 {
+		errs = append(errs, errors.New("missed-heartbeats: must be at least 1"))
+	}
+	if c.DefaultHeartbeat < 100*time.Millisecond {
+		errs = append(errs, errors.New("default-heartbeat: must be at least 100ms"))
+	}
+	if strings.ContainsAny(c.TopicPrefix, "+#") || strings.Trim(c.TopicPrefix, "/") == "" {
+		errs = append(errs, fmt.Errorf("topic-prefix: %q must be a plain topic path", c.TopicPrefix))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log-level: %q is not debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
+
+// brokerPublic is the URL agents get at enrollment.
+func (c *Config) brokerPublic() string {
+	if c.BrokerPublic != "" {
+		return c.BrokerPublic
+	}
+	if c.Broker != "" {
+		return c.Broker
+	}
+	host, port, _ := net.SplitHostPort(c.MQTT)
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "tcp://" + net.JoinHostPort(host, port)
+}

@@ -1,0 +1,52 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"gorm.io/gorm"
+)
+
+// migrations are applied in order, each in its own transaction, and
+// recorded in schema_migrations. Append new steps; never edit an applied one.
+var migrations = []struct {
+	name string
+	up   func(tx *gorm.DB) error
+}{
+	{"foundation: users, settings, enrollment tokens, nodes, telemetry", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&User{}, &Setting{}, &EnrollmentToken{}, &Node{}, &Sample{})
+	}},
+}
+
+// SchemaVersion is the number of migrations this build knows.
+func SchemaVersion() int { return len(migrations) }
+
+func (s *Store) migrate(ctx context.Context, log *slog.Logger) error {
+	db := s.db.WithContext(ctx)
+	if err := db.AutoMigrate(&Migration{}); err != nil {
+		return fmt.Errorf("migrations table: %w", err)
+	}
+	var applied []Migration
+	if err := db.Order("version").Find(&applied).Error; err != nil {
+		return fmt.Errorf("read migrations: %w", err)
+	}
+	if len(applied) > len(migrations) {
+		return fmt.Errorf("database schema is at version %d but this console knows only %d: run a newer console", len(applied), len(migrations))
+	}
+	for v := len(applied) + 1; v <= len(migrations); v++ {
+		m := migrations[v-1]
+		err := db.Transaction(func(tx *gorm.DB) error {
+			if err := m.up(tx); err != nil {
+				return err
+			}
+			return tx.Create(&Migration{Version: v, Name: m.name, AppliedAt: time.Now().UTC()}).Error
+		})
+		if err != nil {
+			return fmt.Errorf("migration %d (%s): %w", v, m.name, err)
+		}
+		log.Info("applied schema migration", "version", v, "name", m.name, "db", s.dialect)
+	}
+	return nil
+}

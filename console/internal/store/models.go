@@ -1,0 +1,91 @@
+package store
+
+import "time"
+
+// Roles a console user can have. Later issues add provider and consumer.
+const (
+	RoleAdmin    = "admin"
+	RoleOperator = "operator"
+)
+
+// User is a person who logs in to the console.
+type User struct {
+	ID           uint   `gorm:"primaryKey"`
+	Username     string `gorm:"size:64;uniqueIndex;not null"`
+	PasswordHash string `gorm:"size:100;not null"`
+	Role         string `gorm:"size:16;not null"`
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// Setting is a console-wide persistent value, such as the JWT signing secret.
+type Setting struct {
+	Key   string `gorm:"primaryKey;size:64"`
+	Value string `gorm:"not null"`
+}
+
+// EnrollmentToken is a one-time, expiring secret that lets one node enroll.
+// Only its SHA-256 is stored.
+type EnrollmentToken struct {
+	ID          uint   `gorm:"primaryKey"`
+	TokenHash   string `gorm:"size:64;uniqueIndex;not null"`
+	Description string `gorm:"size:200"`
+	CreatedBy   string `gorm:"size:64"`
+	ExpiresAt   time.Time
+	UsedAt      *time.Time
+	UsedBy      string `gorm:"size:63"`
+	CreatedAt   time.Time
+}
+
+// Node is an enrolled edge node. Liveness times are Unix microseconds so
+// the offline sweep is one portable integer comparison in SQL.
+type Node struct {
+	ID             uint   `gorm:"primaryKey"`
+	Name           string `gorm:"size:63;uniqueIndex;not null"`
+	CredentialHash string `gorm:"size:64;not null"` // SHA-256 hex of the node's secret
+	BrokerHash     string `gorm:"size:200"`         // the same secret hashed for Mosquitto's password file
+	Arch           string `gorm:"size:32"`
+	OS             string `gorm:"size:32"`
+	Version        string `gorm:"size:64"`
+	Labels         string `gorm:"type:text"` // JSON object
+	Status         string `gorm:"size:16;index;not null;default:offline"`
+	LastSeenUS     int64  `gorm:"not null;default:0"`
+	HeartbeatUS    int64  `gorm:"not null;default:0"`
+	StatusReason   string `gorm:"size:64"`
+	StatusUS       int64  `gorm:"not null;default:0"` // when Status last changed
+	LastTelemetry  string `gorm:"type:text"`          // JSON of the newest sample
+	LastSampleUS   int64  `gorm:"not null;default:0"`
+	EnrolledAt     time.Time
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+}
+
+// Sample is one stored telemetry sample: the figures an operator filters
+// and charts on as columns, the whole message as JSON. (node_id, time_us) is
+// unique, which is what makes a back-fill idempotent.
+type Sample struct {
+	ID           uint64   `gorm:"primaryKey"`
+	NodeID       uint     `gorm:"not null;uniqueIndex:idx_samples_node_time,priority:1"`
+	TimeUS       int64    `gorm:"not null;uniqueIndex:idx_samples_node_time,priority:2;index"`
+	Seq          uint64   `gorm:"not null"`
+	CPUPercent   float64  `gorm:"not null"`
+	MemPercent   float64  `gorm:"not null"`
+	PowerW       float64  `gorm:"not null"`
+	EnergySource string   `gorm:"size:16"`
+	BatteryPct   *float64 `gorm:""`
+	Payload      string   `gorm:"type:text;not null"`
+	ReceivedUS   int64    `gorm:"not null"`
+}
+
+// TableName keeps the table name explicit; it is part of the schema contract.
+func (Sample) TableName() string { return "telemetry_samples" }
+
+// Migration is one applied schema step.
+type Migration struct {
+	Version   int `gorm:"primaryKey;autoIncrement:false"`
+	Name      string
+	AppliedAt time.Time
+}
+
+// TableName is fixed so migrations find their own table.
+func (Migration) TableName() string { return "schema_migrations" }

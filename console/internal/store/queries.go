@@ -1,0 +1,228 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
+)
+
+// CreateUser adds a user; ErrConflict if the name is taken.
+func (s *Store) CreateUser(ctx context.Context, u *User) error {
+	if err := s.db.WithContext(ctx).Create(u).Error; err != nil {
+		if isUnique(err) {
+			return fmt.Errorf("user %q: %w", u.Username, ErrConflict)
+		}
+		return err
+	}
+	return nil
+}
+
+// UserByName finds a user.
+func (s *Store) UserByName(ctx context.Context, name string) (*User, error) {
+	var u User
+	err := s.db.WithContext(ctx).Where("username = ?", name).First(&u).Error
+	if err != nil {
+		return nil, notFound(err, "user "+name)
+	}
+	return &u, nil
+}
+
+// CountUsers is how many users exist.
+func (s *Store) CountUsers(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.WithContext(ctx).Model(&User{}).Count(&n).Error
+	return n, err
+}
+
+// Setting returns a setting, creating it with gen() the first time. Two
+// consoles starting at once on one database agree on the first value written.
+func (s *Store) Setting(ctx context.Context, key string, gen func() (string, error)) (string, error) {
+	var st Setting
+	err := s.db.WithContext(ctx).Where("key = ?", key).First(&st).Error
+	if err == nil {
+		return st.Value, nil
+	}
+	if !errors.Is(err, gorm.ErrRecordNotFound) {
+		return "", err
+	}
+	v, err := gen()
+	if err != nil {
+		return "", err
+	}
+	if err := s.db.WithContext(ctx).Clauses(clause.OnConflict{DoNothing: true}).Create(&Setting{Key: key, Value: v}).Error; err != nil {
+		return "", err
+	}
+	if err := s.db.WithContext(ctx).Where("key = ?", key).First(&st).Error; err != nil {
+		return "", err
+	}
+	return st.Value, nil
+}
+
+// CreateToken stores a new enrollment token.
+func (s *Store) CreateToken(ctx context.Context, t *EnrollmentToken) error {
+	return s.db.WithContext(ctx).Create(t).Error
+}
+
+// Token refusal reasons.
+var (
+	ErrTokenUnknown = errors.New("enrollment token is not valid")
+	ErrTokenUsed    = errors.New("enrollment token was already used")
+	ErrTokenExpired = errors.New("enrollment token has expired")
+)
+
+// Enroll consumes the token with hash tokenHash and creates node n, in one
+// transaction: a token enrolls exactly one node, even under concurrent use.
+func (s *Store) Enroll(ctx context.Context, tokenHash string, now time.Time, n *Node) error {
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		var t EnrollmentToken
+		if err := tx.Where("token_hash = ?", tokenHash).First(&t).Error; err != nil {
+			if errors.Is(err, gorm.ErrRecordNotFound) {
+				return ErrTokenUnknown
+			}
+			return err
+		}
+		if t.UsedAt != nil {
+			return ErrTokenUsed
+		}
+		if !now.Before(t.ExpiresAt) {
+			return ErrTokenExpired
+		}
+		// The conditional update is the real guard against a race: only one
+		// transaction can flip used_at from NULL.
+		res := tx.Model(&EnrollmentToken{}).Where("id = ? AND used_at IS NULL", t.ID).
+			Updates(map[string]any{"used_at": now, "used_by": n.Name})
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected != 1 {
+			return ErrTokenUsed
+		}
+		if err := tx.Create(n).Error; err != nil {
+			if isUnique(err) {
+				return fmt.Errorf("node %q: %w", n.Name, ErrConflict)
+			}
+			return err
+		}
+		return nil
+	})
+}
+
+// NodeByName finds a node.
+func (s *Store) NodeByName(ctx context.Context, name string) (*Node, error) {
+	var n Node
+	if err := s.db.WithContext(ctx).Where("name = ?", name).First(&n).Error; err != nil {
+		return nil, notFound(err, "node "+name)
+	}
+	return &n, nil
+}
+
+// ListNodes returns every node by name.
+func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
+	var ns []Node
+	err := s.db.WithContext(ctx).Order("name").Find(&ns).Error
+	return ns, err
+}
+
+// NodeSeen records a message from a node at nowUS: it is online. It returns
+// true when the node was not online before (a transition worth logging).
+func (s *Store) NodeSeen(ctx context.Context, nodeID uint, nowUS int64, fields map[string]any) (bool, error) {
+	var became bool
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		updates := map[string]any{"last_seen_us": nowUS}
+		for k, v := range fields {
+			updates[k] = v
+		}
+		res := tx.Model(&Node{}).Where("id = ? AND status <> ?", nodeID, "online").
+			Updates(map[string]any{"status": "online", "status_us": nowUS, "status_reason": "message received"})
+		if res.Error != nil {
+			return res.Error
+		}
+		became = res.RowsAffected == 1
+		return tx.Model(&Node{}).Where("id = ?", nodeID).Updates(updates).Error
+	})
+	return became, err
+}
+
+// MarkOffline sets one node offline with a reason; false if it already was.
+func (s *Store) MarkOffline(ctx context.Context, nodeID uint, nowUS int64, reason string) (bool, error) {
+	res := s.db.WithContext(ctx).Model(&Node{}).Where("id = ? AND status <> ?", nodeID, "offline").
+		Updates(map[string]any{"status": "offline", "status_us": nowUS, "status_reason": reason})
+	return res.RowsAffected == 1, res.Error
+}
+
+// SweepOffline marks offline every online node not heard from for misses
+// heartbeats, and returns their names.
+func (s *Store) SweepOffline(ctx context.Context, nowUS int64, misses int64, defaultHeartbeatUS int64) ([]string, error) {
+	var stale []Node
+	err := s.db.WithContext(ctx).Select("id", "name").
+		Where("status = ? AND last_seen_us + ? * (CASE WHEN heartbeat_us > 0 THEN heartbeat_us ELSE ? END) < ?",
+			"online", misses, defaultHeartbeatUS, nowUS).
+		Find(&stale).Error
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, n := range stale {
+		changed, err := s.MarkOffline(ctx, n.ID, nowUS, "missed heartbeats")
+		if err != nil {
+			return names, err
+		}
+		if changed {
+			names = append(names, n.Name)
+		}
+	}
+	return names, nil
+}
+
+// InsertSample stores a sample once: a second copy of the same (node, time)
+// is ignored and reported as not inserted. The node's latest sample is
+// updated only by a newer one, so a back-fill does not overwrite it.
+func (s *Store) InsertSample(ctx context.Context, smp *Sample) (bool, error) {
+	var inserted bool
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		res := tx.Clauses(clause.OnConflict{DoNothing: true}).Create(smp)
+		if res.Error != nil {
+			return res.Error
+		}
+		inserted = res.RowsAffected == 1
+		if !inserted {
+			return nil
+		}
+		return tx.Model(&Node{}).Where("id = ? AND last_sample_us < ?", smp.NodeID, smp.TimeUS).
+			Updates(map[string]any{"last_telemetry": smp.Payload, "last_sample_us": smp.TimeUS}).Error
+	})
+	return inserted, err
+}
+
+// Samples returns a node's samples with sinceUS <= time < untilUS, oldest
+// first, at most limit.
+func (s *Store) Samples(ctx context.Context, nodeID uint, sinceUS, untilUS int64, limit int) ([]Sample, error) {
+	var out []Sample
+	err := s.db.WithContext(ctx).Where("node_id = ? AND time_us >= ? AND time_us < ?", nodeID, sinceUS, untilUS).
+		Order("time_us").Limit(limit).Find(&out).Error
+	return out, err
+}
+
+// DeleteSamplesBefore applies retention; it returns how many rows went.
+func (s *Store) DeleteSamplesBefore(ctx context.Context, beforeUS int64) (int64, error) {
+	res := s.db.WithContext(ctx).Where("time_us < ?", beforeUS).Delete(&Sample{})
+	return res.RowsAffected, res.Error
+}
+
+// CountNodesByStatus returns how many nodes are in each status.
+func (s *Store) CountNodesByStatus(ctx context.Context) (map[string]int64, error) {
+	var rows []struct {
+		Status string
+		N      int64
+	}
+	err := s.db.WithContext(ctx).Model(&Node{}).Select("status, count(*) AS n").Group("status").Scan(&rows).Error
+	out := map[string]int64{}
+	for _, r := range rows {
+		out[r.Status] = r.N
+	}
+	return out, err
+}
