@@ -18,6 +18,9 @@ import (
 	"github.com/cloudskin/cloudskin/shared/protocol"
 )
 
+// ReservedBrokerUser is the console's own MQTT username; no node may take it.
+const ReservedBrokerUser = "cloudskin-console"
+
 // ErrInvalid wraps every input the fleet refuses as malformed.
 var ErrInvalid = errors.New("invalid input")
 
@@ -102,6 +105,9 @@ type EnrollResponse struct {
 func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (*EnrollResponse, error) {
 	if err := protocol.ValidateNodeName(req.Name); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if req.Name == ReservedBrokerUser {
+		return nil, fmt.Errorf("%w: node name %q is reserved for the console", ErrInvalid, req.Name)
 	}
 	if err := ValidateLabels(req.Labels); err != nil {
 		return nil, err

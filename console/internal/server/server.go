@@ -30,7 +30,7 @@ const (
 	// by the console's user, until the operator deletes it.
 	InitialPasswordFile = "initial-admin-password"
 	// ConsoleBrokerUser is the console's username on an external broker.
-	ConsoleBrokerUser = "cloudskin-console"
+	ConsoleBrokerUser = fleet.ReservedBrokerUser
 )
 
 // Run serves until ctx is cancelled, then shuts down cleanly.

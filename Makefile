@@ -1,0 +1,35 @@
+# CloudSkin: one Go module, two binaries.
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -s -w -X main.version=$(VERSION)
+BIN      := bin
+
+.PHONY: build run test test-short bench vet fmt clean
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cloudskin-console ./console
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cloudskin-agent ./edge-agent
+
+# Console + one local agent (edge-1) on embedded defaults; Ctrl-C stops both.
+run: build
+	@deploy/run-local.sh
+
+# Every test, including the integration tests that start real consoles,
+# agents, PostgreSQL (CLOUDSKIN_TEST_POSTGRES_URL) and Mosquitto.
+test: vet
+	$(GO) test -count=1 -timeout 20m ./...
+
+test-short:
+	$(GO) test -short -count=1 ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w .
+
+clean:
+	rm -rf $(BIN)

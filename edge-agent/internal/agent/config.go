@@ -1,0 +1,125 @@
+// Package agent wires the edge agent: enrollment, the MQTT session with the
+// console, heartbeats and telemetry buffered on disk until the console has it.
+package agent
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/cloudskin/cloudskin/shared/config"
+	"github.com/cloudskin/cloudskin/shared/protocol"
+)
+
+// Config is the agent's configuration (flags, CLOUDSKIN_* env, YAML).
+type Config struct {
+	Console           string            `yaml:"console"`
+	Name              string            `yaml:"name"`
+	Data              string            `yaml:"data"`
+	Token             string            `yaml:"token"`
+	TokenFile         string            `yaml:"token_file"`
+	Broker            string            `yaml:"broker"`
+	Labels            map[string]string `yaml:"labels"`
+	Lat               string            `yaml:"lat"`
+	Lon               string            `yaml:"lon"`
+	PowerClass        string            `yaml:"power_class"`
+	TelemetryInterval time.Duration     `yaml:"telemetry_interval"`
+	Heartbeat         time.Duration     `yaml:"heartbeat"`
+	HTTP              string            `yaml:"http"`
+	OutboxMaxBytes    int64             `yaml:"outbox_max_bytes"`
+	PowerIdleW        float64           `yaml:"power_idle_w"`
+	PowerMaxW         float64           `yaml:"power_max_w"`
+	LogLevel          string            `yaml:"log_level"`
+}
+
+// DefaultConfig is what `cloudskin-agent run` uses with no flags.
+func DefaultConfig() Config {
+	return Config{
+		Console:           "http://127.0.0.1:8080",
+		Data:              "./data/agent",
+		TelemetryInterval: 5 * time.Second,
+		Heartbeat:         5 * time.Second,
+		HTTP:              "127.0.0.1:9180",
+		OutboxMaxBytes:    64 << 20,
+		PowerIdleW:        20,
+		PowerMaxW:         60,
+		LogLevel:          "info",
+	}
+}
+
+// Define binds the run flags to c.
+func (c *Config) Define(fs *flag.FlagSet) {
+	fs.StringVar(&c.Console, "console", c.Console, "console URL")
+	fs.StringVar(&c.Name, "name", c.Name, "node name (DNS label); fixed at enrollment")
+	fs.StringVar(&c.Data, "data", c.Data, "data directory (credential, telemetry outbox)")
+	fs.StringVar(&c.Token, "token", c.Token, "one-time enrollment token (first start only)")
+	fs.StringVar(&c.TokenFile, "token-file", c.TokenFile, "file holding the enrollment token, read on first start (e.g. dropped on the image)")
+	fs.StringVar(&c.Broker, "broker", c.Broker, "MQTT broker URL; default: the one the console gave at enrollment")
+	fs.Var((*config.StringMap)(&c.Labels), "label", "node label key=value (repeatable)")
+	fs.StringVar(&c.Lat, "lat", c.Lat, "latitude in decimal degrees (label lat)")
+	fs.StringVar(&c.Lon, "lon", c.Lon, "longitude in decimal degrees (label lon)")
+	fs.StringVar(&c.PowerClass, "power-class", c.PowerClass, "green (solar/battery) or grid (label power)")
+	fs.DurationVar(&c.TelemetryInterval, "telemetry-interval", c.TelemetryInterval, "how often telemetry is sampled")
+	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "how often the agent says it is alive")
+	fs.StringVar(&c.HTTP, "http", c.HTTP, "listen address for /metrics and /healthz; empty disables")
+	fs.Int64Var(&c.OutboxMaxBytes, "outbox-max-bytes", c.OutboxMaxBytes, "disk quota for telemetry buffered while offline; the oldest is dropped (and counted) beyond it")
+	fs.Float64Var(&c.PowerIdleW, "power-idle-w", c.PowerIdleW, "power model: watts at idle (used without RAPL or battery readings)")
+	fs.Float64Var(&c.PowerMaxW, "power-max-w", c.PowerMaxW, "power model: watts at full CPU")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+}
+
+// Validate says which field is wrong and why, and folds lat/lon/power-class
+// into the labels.
+func (c *Config) Validate() error {
+	var errs []error
+	if u, err := url.Parse(c.Console); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("console: %q is not an http(s) URL", c.Console))
+	}
+	if err := protocol.ValidateNodeName(c.Name); err != nil {
+		errs = append(errs, fmt.Errorf("name: %w", err))
+	}
+	if c.Data == "" {
+		errs = append(errs, errors.New("data: must name a directory"))
+	}
+	if c.Labels == nil {
+		c.Labels = map[string]string{}
+	}
+	for key, v := range map[string]string{"lat": c.Lat, "lon": c.Lon} {
+		if v == "" {
+			continue
+		}
+		if _, err := strconv.ParseFloat(v, 64); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %q is not a number", key, v))
+		}
+		c.Labels[key] = v
+	}
+	switch c.PowerClass {
+	case "":
+	case "green", "grid":
+		c.Labels["power"] = c.PowerClass
+	default:
+		errs = append(errs, fmt.Errorf("power-class: %q is not green or grid", c.PowerClass))
+	}
+	if c.TelemetryInterval < 100*time.Millisecond {
+		errs = append(errs, errors.New("telemetry-interval: must be at least 100ms"))
+	}
+	if c.Heartbeat < 100*time.Millisecond || c.Heartbeat > time.Hour {
+		errs = append(errs, errors.New("heartbeat: must be between 100ms and 1h"))
+	}
+	if c.HTTP != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP); err != nil {
+			errs = append(errs, fmt.Errorf("http: %q is not host:port", c.HTTP))
+		}
+	}
+	if c.OutboxMaxBytes < 1<<20 {
+		errs = append(errs, errors.New("outbox-max-bytes: must be at least 1 MiB"))
+	}
+	if c.PowerIdleW < 0 || c.PowerMaxW < c.PowerIdleW {
+		errs = append(errs, errors.New("power-idle-w/power-max-w: need 0 <= idle <= max"))
+	}
+	return errors.Join(errs...)
+}
