@@ -205,3 +205,33 @@ func removeFlag(args []string, flag string) []string {
 	}
 	return out
 }
+
+// TestMissedHeartbeats freezes an agent (its TCP connection stays open, so
+// no last will fires) and expects the console to mark it offline after
+// three missed heartbeats, then online again when it resumes.
+func TestMissedHeartbeats(t *testing.T) {
+	c := newConsole(t, backends[0])
+	jwt := c.login()
+	a := newAgent(t, c, "edge-hb", c.token(jwt), "")
+	waitStatus(t, c, jwt, "edge-hb", "online", 10*time.Second)
+
+	if err := a.proc.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer a.proc.cmd.Process.Signal(syscall.SIGCONT)
+	// Heartbeat 500ms: three misses is 1.5s; allow the 1s sweep period.
+	took := waitStatus(t, c, jwt, "edge-hb", "offline", 4*time.Second)
+	if took < time.Second {
+		t.Fatalf("offline after %s: sooner than three missed heartbeats", took)
+	}
+	if n := c.node(jwt, "edge-hb"); n.StatusReason != "missed heartbeats" {
+		t.Fatalf("offline reason %q, want missed heartbeats", n.StatusReason)
+	}
+	t.Logf("offline %s after the agent froze", took)
+	if got := c.metric("cloudskin_console_node_transitions_total", `reason="missed heartbeats",status="offline"`); got < 1 {
+		t.Fatalf("transition not counted: %v", got)
+	}
+
+	a.proc.cmd.Process.Signal(syscall.SIGCONT)
+	waitStatus(t, c, jwt, "edge-hb", "online", 10*time.Second)
+}

@@ -6,7 +6,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib"
+	"github.com/cloudskin/cloudskin/shared/testenv"
 )
 
 const adminPassword = "e2e-admin-password"
@@ -165,7 +164,7 @@ func newConsole(t *testing.T, be backend) *consoleEnv {
 	c := &consoleEnv{t: t, be: be, data: t.TempDir(), httpPort: freePort(t), mqttPort: freePort(t)}
 	c.url = fmt.Sprintf("http://127.0.0.1:%d", c.httpPort)
 	if be.postgres {
-		c.dbURL = newPostgresDB(t)
+		c.dbURL = testenv.PostgresDB(t)
 	}
 	if be.mosquitto {
 		c.mosq = newMosquitto(t, c.mqttPort)
@@ -357,44 +356,6 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
-}
-
-// newPostgresDB creates a fresh database on the server named by
-// CLOUDSKIN_TEST_POSTGRES_URL (set by .ci/run) and drops it afterwards.
-func newPostgresDB(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("CLOUDSKIN_TEST_POSTGRES_URL")
-	if base == "" {
-		t.Fatal("CLOUDSKIN_TEST_POSTGRES_URL is not set: run the tests through .ci/run, which starts PostgreSQL, or point it at a server (postgres://user:pass@127.0.0.1:5432/postgres?sslmode=disable)")
-	}
-	db, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	name := fmt.Sprintf("cloudskin_e2e_%d", time.Now().UnixNano())
-	if _, err := db.Exec("CREATE DATABASE " + name); err != nil {
-		t.Fatalf("create database: %v", err)
-	}
-	t.Cleanup(func() {
-		db, err := sql.Open("pgx", base)
-		if err == nil {
-			db.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
-			db.Close()
-		}
-	})
-	return replaceDBName(base, name)
-}
-
-func replaceDBName(dsn, name string) string {
-	q := ""
-	if i := strings.Index(dsn, "?"); i >= 0 {
-		dsn, q = dsn[:i], dsn[i:]
-	}
-	if i := strings.LastIndex(dsn, "/"); i > len("postgres://") {
-		dsn = dsn[:i]
-	}
-	return dsn + "/" + name + q
 }
 
 func ctxTimeout(t *testing.T, d time.Duration) context.Context {

@@ -87,7 +87,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("http listen %s: %w", cfg.HTTP, err)
 	}
-	if err := bus.Start(ctx); err != nil {
+	// The bus outlives the serving context so that messages in flight at
+	// shutdown (a node's last will) are still stored; it stops after HTTP.
+	busCtx, stopBus := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBus()
+	if err := bus.Start(busCtx); err != nil {
 		ln.Close()
 		return err
 	}

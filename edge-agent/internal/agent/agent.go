@@ -75,7 +75,7 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 		a.log.Warn("console not reachable at start; working offline", "err", err)
 	}
 
-	a.outbox, err = journal.Open(filepath.Join(cfg.Data, "outbox"), journal.Options{MaxBytes: cfg.OutboxMaxBytes})
+	a.outbox, err = journal.Open(filepath.Join(cfg.Data, "outbox"), journal.Options{MaxBytes: cfg.OutboxMaxBytes, SegmentSize: outboxSegmentBytes, Logger: a.log})
 	if err != nil {
 		return fmt.Errorf("telemetry outbox: %w", err)
 	}

@@ -68,7 +68,7 @@ func loadOrEnroll(ctx context.Context, cfg *Config, version string, log *slog.Lo
 			if err := writeFileAtomic(path, c, 0o600); err != nil {
 				return nil, fmt.Errorf("store credential: %w", err)
 			}
-			log.Info("enrolled with the console", "node", c.Node, "broker", c.BrokerURL)
+			log.Info("enrolled with the console", "broker", c.BrokerURL)
 			if cfg.TokenFile != "" {
 				// The token is spent; do not leave it lying on the image.
 				_ = os.Remove(cfg.TokenFile)

@@ -82,7 +82,11 @@ func (a *Agent) updateOutboxGauges() {
 }
 
 // sendWindow is how many samples are in flight at once during a back-fill.
-const sendWindow = 64
+const sendWindow = 128
+
+// outboxSegmentBytes keeps segments small: the journal's TruncateFront
+// rewrites the rest of a segment, once per acknowledged batch.
+const outboxSegmentBytes = 256 << 10
 
 // sendLoop publishes the outbox in order and removes what the broker
 // acknowledged. A sample leaves the outbox only after a PUBACK on a

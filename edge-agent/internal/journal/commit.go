@@ -1,5 +1,7 @@
 package journal
 
+import "runtime"
+
 // Commit appends data like Append, but lets concurrent callers share one
 // write and one fsync: while one group is being written, the callers that
 // arrive queue up, and the first of them writes the whole queue as the next
@@ -27,6 +29,13 @@ func (j *Journal) Commit(data ...[]byte) (first, last uint64, err error) {
 	} else {
 		j.leading = true
 	}
+	// Let writers that are ready to run (those the last group released,
+	// above all) join this group first. Without this, on one CPU the leader
+	// runs on into its fsync before anyone else can queue, and groups stay
+	// at one record.
+	j.qmu.Unlock()
+	runtime.Gosched()
+	j.qmu.Lock()
 	group := j.queue
 	j.queue = nil
 	j.qmu.Unlock()

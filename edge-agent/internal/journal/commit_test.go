@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 	"testing"
+	"time"
 )
 
 // commitPayload is what goroutine g commits as its seq-th record.
@@ -24,6 +24,25 @@ func TestCommitGroupsConcurrentAppends(t *testing.T) {
 		first, last uint64
 	}
 	acks := make(chan ack, goroutines*each)
+	// A reader follows the tail while the groups are written: the payload
+	// Read returns must never change under it.
+	stop := make(chan struct{})
+	var rg sync.WaitGroup
+	rg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if i := j.LastIndex(); i > 0 {
+				if b, err := j.Read(i); err != nil || !bytes.HasPrefix(b, []byte("goroutine ")) {
+					t.Errorf("Read(%d) while committing = %q, %v", i, b, err)
+					return
+				}
+			}
+		}
+	})
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		wg.Go(func() {
@@ -48,6 +67,8 @@ func TestCommitGroupsConcurrentAppends(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	close(stop)
+	rg.Wait()
 	close(acks)
 
 	seen := make(map[uint64]bool)
@@ -146,7 +167,10 @@ func TestCloseWhileCommitting(t *testing.T) {
 			}
 		})
 	}
-	for j.Stats().Batches < 5 {
+	for deadline := time.Now().Add(10 * time.Second); j.Stats().Batches < 5; {
+		if time.Now().After(deadline) {
+			t.Fatal("committers wrote nothing")
+		}
 		time.Sleep(time.Millisecond) // let the committers get going
 	}
 	closeT(t, j)

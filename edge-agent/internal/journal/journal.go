@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -88,8 +89,9 @@ func (o Options) wal() *wal.Options {
 }
 
 // Journal is a durable, append-only log of records. Its methods are safe
-// for concurrent use; reads do not wait for appends to be synced, but the
-// library blocks them while it writes.
+// for concurrent use. FirstIndex, LastIndex, NextIndex, Len and SizeBytes
+// never block; Read takes the library's lock, which it holds through each
+// write and fsync, so a Read may wait for one write in progress.
 type Journal struct {
 	dir       string
 	opts      Options
@@ -243,7 +245,12 @@ func (j *Journal) reportCut(cut RecoveryReport) {
 }
 
 // Recovered reports what Open had to repair.
-func (j *Journal) Recovered() RecoveryReport { return j.recovered }
+func (j *Journal) Recovered() RecoveryReport {
+	r := j.recovered
+	r.Corrupt = slices.Clone(r.Corrupt)
+	r.StaleFiles = slices.Clone(r.StaleFiles)
+	return r
+}
 
 // Dir returns the journal's directory.
 func (j *Journal) Dir() string { return j.dir }
@@ -443,7 +450,9 @@ func (j *Journal) SizeBytes() int64 { return j.size.Load() }
 // TruncateFront removes every record before index. An index at or before
 // FirstIndex does nothing; NextIndex removes every record, and numbering
 // continues at NextIndex. The library rewrites the segment that holds index,
-// so truncate in large steps rather than record by record.
+// so truncate in large steps rather than record by record. If that segment
+// cannot be parsed at all (Read returns ErrCorrupt for each of its records),
+// the whole of it is removed: truncation goes on to the next segment.
 func (j *Journal) TruncateFront(index uint64) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -460,7 +469,20 @@ func (j *Journal) TruncateFront(index uint64) error {
 	if index > next {
 		return fmt.Errorf("%w: truncate front to %d, past the next index %d", ErrNotFound, index, next)
 	}
-	if err := j.wal.TruncateFront(index); err != nil {
+	err := j.wal.TruncateFront(index)
+	if errors.Is(err, wal.ErrCorrupt) {
+		if to, ok := j.nextSegmentStart(index); ok {
+			// The library cannot parse the segment holding index, so none
+			// of its records is readable (each Read says ErrCorrupt), and it
+			// cannot cut inside it. Cut at its end instead, or the caller
+			// could never get past it.
+			j.log.Warn("journal: truncating past an unreadable segment", "dir", j.dir,
+				"requested", index, "truncated_to", to)
+			index = to
+			err = j.wal.TruncateFront(index)
+		}
+	}
+	if err != nil {
 		if _, cerr := j.wal.FirstIndex(); cerr != nil {
 			// The library marked itself corrupt: files and memory disagree.
 			j.failed = err
@@ -483,9 +505,24 @@ func (j *Journal) TruncateFront(index uint64) error {
 	return nil
 }
 
+// nextSegmentStart returns the first index of the segment after the one
+// holding index, if that is not the last segment.
+func (j *Journal) nextSegmentStart(index uint64) (uint64, bool) {
+	segs, err := listSegments(j.dir)
+	if err != nil {
+		return 0, false
+	}
+	for k := 0; k+1 < len(segs); k++ {
+		if segs[k].index <= index && index < segs[k+1].index {
+			return segs[k+1].index, true
+		}
+	}
+	return 0, false
+}
+
 // Stats counts what this Journal has written since Open.
 type Stats struct {
-	Batches  uint64 // WriteBatch calls: one write and one fsync each
+	Batches  uint64 // WriteBatch calls: one fsync each (more if it fills a segment)
 	Records  uint64 // records written
 	Bytes    uint64 // bytes written to segment files
 	Rejected uint64 // records refused with ErrFull

@@ -281,6 +281,17 @@ func TestReadDetectsCorruptRecord(t *testing.T) {
 	if j.LastIndex() != 40 {
 		t.Errorf("LastIndex = %d, want 40", j.LastIndex())
 	}
+
+	// A consumer that skips the unreadable records can still move past
+	// them: truncating inside the unparseable segment removes all of it.
+	if err := j.TruncateFront(broken.index + 1); err != nil {
+		t.Fatalf("TruncateFront inside an unparseable segment: %v", err)
+	}
+	if j.FirstIndex() != segs[2].index {
+		t.Fatalf("FirstIndex = %d, want %d (the next segment)", j.FirstIndex(), segs[2].index)
+	}
+	checkRecords(t, j, segs[2].index, 40)
+	appendN(t, j, 2)
 }
 
 func TestOpenLocksDirectory(t *testing.T) {
