@@ -168,7 +168,9 @@ func testFleet(t *testing.T, be backend) {
 	c.stop()
 	c.start()
 	jwt = c.login()
-	if got := len(c.samples(jwt, "edge-1", began)); got != kept {
+	// With Mosquitto, samples the broker acknowledged before the kill may
+	// still reach the console after this count: never fewer, maybe more.
+	if got := len(c.samples(jwt, "edge-1", began)); got < kept {
 		t.Fatalf("after console restart %d samples, had %d", got, kept)
 	}
 	if n := c.node(jwt, "edge-1"); n.Status != "offline" {
@@ -178,11 +180,12 @@ func testFleet(t *testing.T, be backend) {
 	// The agent comes back with its stored credential (no token) and
 	// carries on.
 	a.args = removeFlag(a.args, "--token")
+	restarted := time.Now()
 	a.start()
 	waitStatus(t, c, jwt, "edge-1", "online", 15*time.Second)
 	waitFor(t, 10*time.Second, "telemetry after agent restart", func() error {
-		if got := len(c.samples(jwt, "edge-1", began)); got <= kept {
-			return fmt.Errorf("%d samples", got)
+		if got := c.samples(jwt, "edge-1", restarted); len(got) == 0 {
+			return fmt.Errorf("no sample since %s", restarted)
 		}
 		return nil
 	})
