@@ -70,3 +70,14 @@ func TestBrokerPublic(t *testing.T) {
 		}
 	}
 }
+
+// TestExampleConfig keeps deploy/config/console.yaml loadable and valid.
+func TestExampleConfig(t *testing.T) {
+	cfg, err := loadFile("../../../deploy/config/console.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Data != "/var/lib/cloudskin/console" || cfg.MissedHeartbeats != 3 {
+		t.Fatalf("example not applied: %+v", cfg)
+	}
+}

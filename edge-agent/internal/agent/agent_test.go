@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/cloudskin/cloudskin/edge-agent/internal/journal"
+	"github.com/cloudskin/cloudskin/shared/config"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -165,5 +167,20 @@ func TestOutboxQuotaDropsOldestVisibly(t *testing.T) {
 	}
 	if j.LastIndex() != j.NextIndex()-1 || j.Len() == 0 {
 		t.Fatal("the newest sample must be kept")
+	}
+}
+
+// TestExampleConfig keeps deploy/config/agent.yaml loadable and valid.
+func TestExampleConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	if err := config.Load(fs, []string{"--config", "../../../deploy/config/agent.yaml"}, &cfg, cfg.Define); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Name != "castelloli-green-1" || cfg.Labels["power"] != "green" || cfg.Labels["site"] != "castelloli" || cfg.PowerMaxW != 35 {
+		t.Fatalf("example not applied: %+v", cfg)
 	}
 }
