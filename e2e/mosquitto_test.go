@@ -44,6 +44,7 @@ func newMosquitto(t *testing.T, port int) *mosquitto {
 	conf := fmt.Sprintf(`user root
 listener %d 127.0.0.1
 allow_anonymous false
+use_username_as_clientid true
 password_file %s
 acl_file %s
 pid_file %s

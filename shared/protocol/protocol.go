@@ -83,3 +83,7 @@ func ValidateNodeName(name string) error {
 	}
 	return nil
 }
+
+// ClientID is the MQTT client id a node must use. Tying it to the username
+// stops one node from taking over (disconnecting) another node's session.
+func ClientID(node string) string { return "node-" + node }

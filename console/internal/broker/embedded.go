@@ -114,12 +114,17 @@ func (h *hook) Provides(b byte) bool {
 
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	user := string(cl.Properties.Username)
-	ok := protocol.ValidateNodeName(user) == nil && h.e.cfg.Authenticate(h.e.ctx, user, string(pk.Connect.Password))
-	if !ok {
+	if protocol.ValidateNodeName(user) != nil || !h.e.cfg.Authenticate(h.e.ctx, user, string(pk.Connect.Password)) {
 		h.e.cfg.Refused("broker_auth_failed")
 		h.e.cfg.Log.Warn("MQTT connection refused: bad node credential", "username", user, "client_id", cl.ID, "remote", cl.Net.Remote)
+		return false
 	}
-	return ok
+	if cl.ID != protocol.ClientID(user) {
+		h.e.cfg.Refused("broker_auth_failed")
+		h.e.cfg.Log.Warn("MQTT connection refused: client id is not the node's", "username", user, "client_id", cl.ID, "want", protocol.ClientID(user), "remote", cl.Net.Remote)
+		return false
+	}
+	return true
 }
 
 // OnACLCheck lets a node write only under its own subtree and read only
