@@ -30,6 +30,20 @@ const (
 	LeafEvents    = "events"
 )
 
+// NodeWritable are the leaves a node may publish to under its own subtree.
+// Everything else, its own desired state above all, is the console's to write.
+var NodeWritable = []string{LeafTelemetry, LeafStatus, LeafActual, LeafEvents}
+
+// NodeMayWrite reports whether node may publish to topic.
+func (t Topics) NodeMayWrite(node, topic string) bool {
+	for _, leaf := range NodeWritable {
+		if topic == t.Node(node, leaf) {
+			return true
+		}
+	}
+	return false
+}
+
 // Topics builds and parses topic names under a prefix.
 type Topics struct {
 	Prefix string
@@ -48,9 +62,6 @@ func NewTopics(prefix string) Topics {
 func (t Topics) Node(node, leaf string) string {
 	return t.Prefix + "/nodes/" + node + "/" + leaf
 }
-
-// NodeRoot is the subtree a node may publish under: cloudskin/v1/nodes/{node}/#.
-func (t Topics) NodeRoot(node string) string { return t.Prefix + "/nodes/" + node + "/#" }
 
 // AllNodes is a filter matching one leaf of every node: cloudskin/v1/nodes/+/{leaf}.
 func (t Topics) AllNodes(leaf string) string { return t.Prefix + "/nodes/+/" + leaf }

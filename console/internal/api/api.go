@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"strconv"
 	"time"
@@ -55,11 +57,13 @@ func (s *Server) Handler() *echo.Echo {
 	v1.POST("/enroll", s.enroll)
 	v1.GET("/agent/whoami", s.whoami, s.nodeAuth)
 
-	users := v1.Group("", s.userAuth)
-	users.POST("/tokens", s.createToken, requireRole(store.RoleAdmin))
-	users.GET("/nodes", s.listNodes)
-	users.GET("/nodes/:name", s.getNode)
-	users.GET("/nodes/:name/telemetry", s.nodeTelemetry)
+	// Authentication is attached per route, not to a group: echo gives a
+	// group with middleware catch-all routes, which would answer unknown
+	// paths with 401 instead of 404.
+	v1.POST("/tokens", s.createToken, s.userAuth, s.requireRole(store.RoleAdmin))
+	v1.GET("/nodes", s.listNodes, s.userAuth)
+	v1.GET("/nodes/:name", s.getNode, s.userAuth)
+	v1.GET("/nodes/:name/telemetry", s.nodeTelemetry, s.userAuth)
 	return e
 }
 
@@ -138,13 +142,26 @@ func (s *Server) readyz(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
 }
 
-// bind decodes a JSON body strictly.
+// bind decodes one JSON value strictly: known fields only, nothing after it.
 func bind(c echo.Context, v any) error {
-	if ct := c.Request().Header.Get(echo.HeaderContentType); ct != "" && ct != echo.MIMEApplicationJSON && ct != echo.MIMEApplicationJSONCharsetUTF8 {
-		return echo.NewHTTPError(http.StatusUnsupportedMediaType, "send application/json")
+	if ct := c.Request().Header.Get(echo.HeaderContentType); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != echo.MIMEApplicationJSON {
+			return echo.NewHTTPError(http.StatusUnsupportedMediaType, "send application/json")
+		}
 	}
 	dec := jsonDecoder(c.Request().Body)
-	if err := dec.Decode(v); err != nil {
+	err := dec.Decode(v)
+	if err == nil {
+		if _, extra := dec.Token(); extra != io.EOF {
+			err = errors.New("data after the JSON value")
+		}
+	}
+	if err != nil {
+		var he *echo.HTTPError
+		if errors.As(err, &he) { // the body limit's 413, surfacing from the reader
+			return he
+		}
 		return echo.NewHTTPError(http.StatusBadRequest, "malformed JSON body: "+err.Error())
 	}
 	return nil

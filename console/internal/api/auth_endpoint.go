@@ -70,8 +70,8 @@ func (s *Server) userAuth(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// requireRole allows only the given roles.
-func requireRole(roles ...string) echo.MiddlewareFunc {
+// requireRole allows only the given roles; it runs after userAuth.
+func (s *Server) requireRole(roles ...string) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			claims, _ := c.Get(claimsKey).(*auth.Claims)
@@ -80,6 +80,12 @@ func requireRole(roles ...string) echo.MiddlewareFunc {
 					return next(c)
 				}
 			}
+			s.Metrics.Reject(metrics.RejectForbidden)
+			role := ""
+			if claims != nil {
+				role = claims.Role
+			}
+			s.Log.Warn("request forbidden", "user", subject(c), "role", role, "path", c.Request().URL.Path, "needs", roles)
 			return echo.NewHTTPError(http.StatusForbidden, "this needs role "+strings.Join(roles, " or "))
 		}
 	}

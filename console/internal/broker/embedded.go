@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/shared/protocol"
 )
 
@@ -109,18 +109,18 @@ type hook struct {
 func (h *hook) ID() string { return "cloudskin" }
 
 func (h *hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnWillSent}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnWillSent, mqtt.OnDisconnect}, []byte{b})
 }
 
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	user := string(cl.Properties.Username)
 	if protocol.ValidateNodeName(user) != nil || !h.e.cfg.Authenticate(h.e.ctx, user, string(pk.Connect.Password)) {
-		h.e.cfg.Refused("broker_auth_failed")
+		h.e.cfg.Refused(metrics.RejectBrokerAuth)
 		h.e.cfg.Log.Warn("MQTT connection refused: bad node credential", "username", user, "client_id", cl.ID, "remote", cl.Net.Remote)
 		return false
 	}
 	if cl.ID != protocol.ClientID(user) {
-		h.e.cfg.Refused("broker_auth_failed")
+		h.e.cfg.Refused(metrics.RejectBrokerAuth)
 		h.e.cfg.Log.Warn("MQTT connection refused: client id is not the node's", "username", user, "client_id", cl.ID, "want", protocol.ClientID(user), "remote", cl.Net.Remote)
 		return false
 	}
@@ -134,12 +134,12 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	t := h.e.cfg.Topics
 	var ok bool
 	if write {
-		ok = strings.HasPrefix(topic, t.Prefix+"/nodes/"+node+"/") && !strings.ContainsAny(topic, "+#")
+		ok = t.NodeMayWrite(node, topic)
 	} else {
 		ok = topic == t.Node(node, protocol.LeafDesired)
 	}
 	if !ok {
-		h.e.cfg.Refused("topic_denied")
+		h.e.cfg.Refused(metrics.RejectTopicDenied)
 		h.e.cfg.Log.Warn("MQTT topic refused", "node", node, "topic", topic, "write", write, "remote", cl.Net.Remote)
 	}
 	return ok
@@ -162,6 +162,18 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		// Refused for good: acknowledge so the node does not resend a bad
 		// message forever, but do not pass it on.
 		return pk, packets.CodeSuccessIgnore
+	}
+}
+
+// OnDisconnect counts and explains the disconnections a client caused by
+// breaking the rules (the broker itself logs them without a message).
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	switch {
+	case errors.Is(err, packets.ErrPacketTooLarge):
+		h.e.cfg.Refused(metrics.RejectPacketOversized)
+		h.e.cfg.Log.Warn("MQTT client disconnected: packet larger than the broker accepts", "username", string(cl.Properties.Username), "limit_bytes", MaxPacketBytes, "remote", cl.Net.Remote)
+	case errors.Is(err, packets.ErrNotAuthorized):
+		h.e.cfg.Log.Warn("MQTT client disconnected: not authorized", "username", string(cl.Properties.Username), "remote", cl.Net.Remote)
 	}
 }
 

@@ -65,7 +65,7 @@ func New(cfg Config, st *store.Store, m *metrics.Metrics, log *slog.Logger) *Ser
 
 // CreateToken makes a one-time enrollment token valid for ttl.
 func (s *Service) CreateToken(ctx context.Context, ttl time.Duration, description, createdBy string) (string, time.Time, error) {
-	if ttl <= 0 || ttl > 30*24*time.Hour {
+	if ttl < time.Second || ttl > 30*24*time.Hour {
 		return "", time.Time{}, fmt.Errorf("%w: ttl %s must be between 1s and 720h", ErrInvalid, ttl)
 	}
 	if len(description) > 200 {
@@ -116,6 +116,8 @@ func (s *Service) Enroll(ctx context.Context, req EnrollRequest) (*EnrollRespons
 		return nil, fmt.Errorf("%w: arch, os or version too long", ErrInvalid)
 	}
 	if req.Token == "" {
+		s.m.Reject(metrics.RejectEnrollToken)
+		s.log.Warn("enrollment refused", "node", req.Name, "err", "no token")
 		return nil, store.ErrTokenUnknown
 	}
 	secret := "csnc_" + auth.NewSecret(32)

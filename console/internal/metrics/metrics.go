@@ -17,6 +17,7 @@ const (
 	RejectUnknownTopic       = "unknown_topic"
 	RejectTopicDenied        = "topic_denied"
 	RejectBrokerAuth         = "broker_auth_failed"
+	RejectPacketOversized    = "packet_oversized"
 	RejectEnrollToken        = "enroll_token_invalid"
 	RejectEnrollTokenReused  = "enroll_token_reused"
 	RejectEnrollTokenExpired = "enroll_token_expired"
