@@ -20,6 +20,7 @@ import (
 	"gorm.io/gorm/logger"
 
 	"github.com/cloudskin/cloudskin/shared/protocol"
+	"github.com/cloudskin/cloudskin/shared/testenv"
 )
 
 // TestBadInput proves the "bad input" requirement: malformed or oversized
@@ -63,8 +64,8 @@ func testBadInput(t *testing.T, be backend) {
 
 	t.Run("survives", func(t *testing.T) {
 		c := c.on(t)
-		if c.proc.exited() {
-			t.Fatalf("console exited:\n%s", tail(c.proc.out.String(), 4000))
+		if c.proc.Exited() {
+			t.Fatalf("console exited:\n%s", testenv.Tail(c.proc.Out.String(), 4000))
 		}
 		for _, path := range []string{"/healthz", "/readyz"} {
 			if code, raw := c.request("GET", path, "", nil); code != 200 {
@@ -92,8 +93,8 @@ func testBadInput(t *testing.T, be backend) {
 		if n := c.node(jwt, "edge-good"); n.Status != "online" {
 			t.Fatalf("edge-good is %s (%s) after the attacks", n.Status, n.StatusReason)
 		}
-		if good.proc.exited() {
-			t.Fatalf("the well-behaved agent exited:\n%s", tail(good.proc.out.String(), 4000))
+		if good.proc.Exited() {
+			t.Fatalf("the well-behaved agent exited:\n%s", testenv.Tail(good.proc.Out.String(), 4000))
 		}
 		if got := good.metric("cloudskin_agent_telemetry_dropped_total", `reason="outbox_full"`); got != 0 {
 			t.Fatalf("the well-behaved agent dropped %v samples", got)
@@ -117,7 +118,7 @@ type refusal struct {
 	count  float64
 	times  int // refusals expected; 0 means 1
 	mark   int
-	logs   *syncBuffer
+	logs   *testenv.Buffer
 	line   []string
 }
 
@@ -127,12 +128,12 @@ type refusal struct {
 // checks no counter, and no line checks no log.
 func (c *consoleEnv) expectRefusal(reason string, line ...string) *refusal {
 	c.t.Helper()
-	return c.expectRefusalIn(c.proc.out, reason, line...)
+	return c.expectRefusalIn(c.proc.Out, reason, line...)
 }
 
 // expectRefusalIn is expectRefusal with the log line looked for in logs
 // (Mosquitto's output rather than the console's).
-func (c *consoleEnv) expectRefusalIn(logs *syncBuffer, reason string, line ...string) *refusal {
+func (c *consoleEnv) expectRefusalIn(logs *testenv.Buffer, reason string, line ...string) *refusal {
 	c.t.Helper()
 	r := &refusal{c: c, reason: reason, mark: len(logs.String()), logs: logs, line: line}
 	if reason != "" {
@@ -316,7 +317,7 @@ func badHTTP(t *testing.T, c *consoleEnv) {
 			}
 			code, header, raw := c.send(tc.method, tc.path, header, body)
 			if code != tc.code {
-				t.Fatalf("%s %s: %d, want %d: %s", tc.method, tc.path, code, tc.code, tail(string(raw), 300))
+				t.Fatalf("%s %s: %d, want %d: %s", tc.method, tc.path, code, tc.code, testenv.Tail(string(raw), 300))
 			}
 			msg := apiErr(t, header, raw)
 			r.check()
@@ -810,7 +811,7 @@ func badMQTT(t *testing.T, c *consoleEnv, jwt string, good *agentEnv) {
 				if !embedded {
 					// Mosquitto refuses on its own; the console never hears
 					// of it, so the proof is the refusal and Mosquitto's log.
-					r = c.expectRefusalIn(c.mosq.proc.out, "", "not authorised")
+					r = c.expectRefusalIn(c.mosq.Proc.Out, "", "not authorised")
 				}
 				clientID := protocol.ClientID(tc.user)
 				if tc.user == "" || tc.user == "cloudskin-console" {
@@ -838,7 +839,7 @@ func badMQTT(t *testing.T, c *consoleEnv, jwt string, good *agentEnv) {
 			t.Run(victim, func(t *testing.T) {
 				c := c.on(t)
 				connects := good.metric("cloudskin_agent_mqtt_connects_total", "")
-				mark := len(c.proc.out.String())
+				mark := len(c.proc.Out.String())
 				r := c.expectRefusal("broker_auth_failed", `msg="MQTT connection refused: client id is not the node's"`, "username=edge-m", "client_id="+victim)
 				m, err := dialMQTT(t, mal.BrokerURL, mal.Node, mal.Credential, victim)
 				if embedded {
@@ -858,7 +859,7 @@ func badMQTT(t *testing.T, c *consoleEnv, jwt string, good *agentEnv) {
 					if got := good.metric("cloudskin_agent_mqtt_connects_total", ""); got != connects {
 						return fmt.Errorf("edge-good's agent reconnected (%v connects, had %v)", got, connects)
 					}
-					if strings.Contains(c.proc.out.String()[mark:], "lost MQTT broker connection") {
+					if strings.Contains(c.proc.Out.String()[mark:], "lost MQTT broker connection") {
 						return fmt.Errorf("the console lost its broker connection")
 					}
 					return nil
@@ -1092,7 +1093,7 @@ func badMQTT(t *testing.T, c *consoleEnv, jwt string, good *agentEnv) {
 		// embedded one counts it, Mosquitto logs it.
 		r := c.expectRefusal("packet_oversized", `msg="MQTT client disconnected: packet larger than the broker accepts"`, "username=edge-m")
 		if !embedded {
-			r = c.expectRefusalIn(c.mosq.proc.out, "", "edge-m disconnected due to oversize packet")
+			r = c.expectRefusalIn(c.mosq.Proc.Out, "", "edge-m disconnected due to oversize packet")
 		}
 		m := dialNode(t, mal)
 		s, at := next()

@@ -159,7 +159,7 @@ func testFleet(t *testing.T, be backend) {
 	}
 
 	// kill -9: offline within 3 heartbeats (agent heartbeat 500ms).
-	a.proc.kill(syscall.SIGKILL)
+	a.proc.Kill(syscall.SIGKILL)
 	took := waitStatus(t, c, jwt, "edge-1", "offline", 3*500*time.Millisecond+time.Second)
 	t.Logf("%s: offline %s after kill -9", be.name, took)
 
@@ -218,10 +218,10 @@ func TestMissedHeartbeats(t *testing.T) {
 	a := newAgent(t, c, "edge-hb", c.token(jwt), "")
 	waitStatus(t, c, jwt, "edge-hb", "online", 10*time.Second)
 
-	if err := a.proc.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := a.proc.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	defer a.proc.cmd.Process.Signal(syscall.SIGCONT)
+	defer a.proc.Cmd.Process.Signal(syscall.SIGCONT)
 	// Heartbeat 500ms: three misses is 1.5s; allow the 1s sweep period.
 	took := waitStatus(t, c, jwt, "edge-hb", "offline", 4*time.Second)
 	if took < time.Second {
@@ -235,6 +235,6 @@ func TestMissedHeartbeats(t *testing.T) {
 		t.Fatalf("transition not counted: %v", got)
 	}
 
-	a.proc.cmd.Process.Signal(syscall.SIGCONT)
+	a.proc.Cmd.Process.Signal(syscall.SIGCONT)
 	waitStatus(t, c, jwt, "edge-hb", "online", 10*time.Second)
 }

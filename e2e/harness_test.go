@@ -9,13 +9,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -46,92 +44,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// proc is a child process with its output kept for failure reports.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func start(t *testing.T, name string, env []string, bin string, args ...string) *proc {
-	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, out: out, done: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.kill(syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("---- %s output ----\n%s", name, tail(out.String(), 6000))
-		}
-	})
-	return p
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "…" + s[len(s)-n:]
-	}
-	return s
-}
-
-func (p *proc) kill(sig syscall.Signal) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
 // backend is one database + broker combination.
 type backend struct {
 	name      string
@@ -154,20 +66,21 @@ type consoleEnv struct {
 	dbURL    string
 	httpPort int
 	mqttPort int
-	mosq     *mosquitto
-	proc     *proc
+	mosq     *testenv.Mosquitto
+	proc     *testenv.Process
 	url      string
 }
 
 func newConsole(t *testing.T, be backend) *consoleEnv {
 	t.Helper()
-	c := &consoleEnv{t: t, be: be, data: t.TempDir(), httpPort: freePort(t), mqttPort: freePort(t)}
+	c := &consoleEnv{t: t, be: be, data: t.TempDir(), httpPort: testenv.FreePort(t), mqttPort: testenv.FreePort(t)}
 	c.url = fmt.Sprintf("http://127.0.0.1:%d", c.httpPort)
 	if be.postgres {
 		c.dbURL = testenv.PostgresDB(t)
 	}
 	if be.mosquitto {
-		c.mosq = newMosquitto(t, c.mqttPort)
+		// Client ids are usernames, as in deploy/mosquitto: no session takeover.
+		c.mosq = testenv.NewMosquitto(t, t.TempDir(), "use_username_as_clientid true")
 	}
 	c.start()
 	return c
@@ -180,7 +93,7 @@ func (c *consoleEnv) args() []string {
 		a = append(a, "--db", c.dbURL)
 	}
 	if c.mosq != nil {
-		a = append(a, "--broker", c.mosq.url(), "--mosquitto-dir", c.mosq.dir, "--mosquitto-pidfile", c.mosq.pidFile)
+		a = append(a, "--broker", c.mosq.URL(), "--mosquitto-dir", c.mosq.Dir, "--mosquitto-pidfile", c.mosq.PidFile)
 	} else {
 		a = append(a, "--mqtt", fmt.Sprintf("127.0.0.1:%d", c.mqttPort))
 	}
@@ -190,13 +103,13 @@ func (c *consoleEnv) args() []string {
 func (c *consoleEnv) start() {
 	t := c.t
 	t.Helper()
-	c.proc = start(t, "console", []string{"CLOUDSKIN_ADMIN_PASSWORD=" + adminPassword}, filepath.Join(binDir, "cloudskin-console"), c.args()...)
+	c.proc = testenv.Start(t, "console", []string{"CLOUDSKIN_ADMIN_PASSWORD=" + adminPassword}, filepath.Join(binDir, "cloudskin-console"), c.args()...)
 	if c.mosq != nil {
-		c.mosq.ensureRunning(t)
+		c.mosq.Start(t)
 	}
 	waitFor(t, 30*time.Second, "console ready", func() error {
-		if c.proc.exited() {
-			t.Fatalf("console exited:\n%s", c.proc.out.String())
+		if c.proc.Exited() {
+			t.Fatalf("console exited:\n%s", c.proc.Out.String())
 		}
 		resp, err := http.Get(c.url + "/readyz")
 		if err != nil {
@@ -212,12 +125,12 @@ func (c *consoleEnv) start() {
 
 func (c *consoleEnv) brokerURL() string {
 	if c.mosq != nil {
-		return c.mosq.url()
+		return c.mosq.URL()
 	}
 	return fmt.Sprintf("tcp://127.0.0.1:%d", c.mqttPort)
 }
 
-func (c *consoleEnv) stop() { c.proc.kill(syscall.SIGTERM) }
+func (c *consoleEnv) stop() { c.proc.Kill(syscall.SIGTERM) }
 
 // token makes an enrollment token through the API.
 func (c *consoleEnv) token(jwt string) string {
@@ -314,13 +227,13 @@ type agentEnv struct {
 	data     string
 	httpPort int
 	args     []string
-	proc     *proc
+	proc     *testenv.Process
 }
 
 // newAgent starts an agent; brokerURL overrides the enrolled broker ("" keeps it).
 func newAgent(t *testing.T, c *consoleEnv, name, token, brokerURL string, extra ...string) *agentEnv {
 	t.Helper()
-	a := &agentEnv{t: t, name: name, data: t.TempDir(), httpPort: freePort(t)}
+	a := &agentEnv{t: t, name: name, data: t.TempDir(), httpPort: testenv.FreePort(t)}
 	a.args = []string{"run", "--console", c.url, "--name", name, "--data", a.data,
 		"--http", fmt.Sprintf("127.0.0.1:%d", a.httpPort), "--telemetry-interval", "250ms", "--heartbeat", "500ms",
 		"--label", "site=e2e", "--power-class", "green", "--lat", "41.56", "--lon", "1.69", "--log-level", "debug"}
@@ -336,7 +249,7 @@ func newAgent(t *testing.T, c *consoleEnv, name, token, brokerURL string, extra 
 }
 
 func (a *agentEnv) start() {
-	a.proc = start(a.t, "agent "+a.name, nil, filepath.Join(binDir, "cloudskin-agent"), a.args...)
+	a.proc = testenv.Start(a.t, "agent "+a.name, nil, filepath.Join(binDir, "cloudskin-agent"), a.args...)
 }
 
 func (a *agentEnv) metric(name, labels string) float64 {

@@ -4,18 +4,17 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/cloudskin/cloudskin/shared/testenv"
 )
 
 const (
@@ -228,80 +227,9 @@ type broker struct {
 // test ends.
 func startBroker(t *testing.T, dir string) *broker {
 	t.Helper()
-	bin := requireBinary(t, "mosquitto", "/usr/sbin/mosquitto")
-	port := freePort(t)
-	b := &broker{
-		url:     fmt.Sprintf("tcp://127.0.0.1:%d", port),
-		pidFile: filepath.Join(dir, "mosquitto.pid"),
-	}
-	conf := filepath.Join(dir, "mosquitto.conf")
-	// Started as root, Mosquitto switches to the "mosquitto" user before it
-	// writes the pid file or reads password and ACL files, which would then
-	// fail on a test directory only root can write; "user root" keeps it as
-	// is (and does nothing when the tests do not run as root).
-	err := os.WriteFile(conf, []byte(fmt.Sprintf(`listener %d 127.0.0.1
-allow_anonymous false
-password_file %s
-acl_file %s
-pid_file %s
-persistence false
-user root
-log_dest stderr
-log_type error
-log_type warning
-log_type notice
-log_type information
-`, port, filepath.Join(dir, PasswdFile), filepath.Join(dir, ACLFile), b.pidFile)), 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	var log syncBuffer
-	cmd := exec.Command(bin, "-c", conf)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("mosquitto log:\n%s", log.String())
-		}
-	})
-
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		select {
-		case err := <-exited:
-			exited <- err // for the cleanup
-			t.Fatalf("mosquitto exited before accepting connections (%v):\n%s", err, log.String())
-		default:
-		}
-		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-		if err == nil {
-			conn.Close()
-			if _, err := os.Stat(b.pidFile); err == nil {
-				return b
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("mosquitto not accepting connections on port %d with a pid file after %v:\n%s", port, waitTimeout, log.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	m := testenv.NewMosquitto(t, dir)
+	m.Start(t)
+	return &broker{url: m.URL(), pidFile: m.PidFile}
 }
 
 // connect logs in over MQTT 3.1.1, the version the agents speak.
@@ -406,21 +334,4 @@ func (in inbox) waitFor(t *testing.T, topic, payload string) []mqtt.Message {
 			return nil
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }
