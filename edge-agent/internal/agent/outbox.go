@@ -6,6 +6,8 @@ import (
 	"errors"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/cloudskin/cloudskin/edge-agent/internal/journal"
 	"github.com/cloudskin/cloudskin/shared/protocol"
 )
@@ -95,7 +97,7 @@ const outboxSegmentBytes = 256 << 10
 func (a *Agent) sendLoop(ctx context.Context) error {
 	retry := time.Second
 	for {
-		sent, err := a.sendBatch(ctx)
+		sent, err := a.sendBatch()
 		switch {
 		case err != nil:
 			a.m.publishFailures.Inc()
@@ -120,7 +122,7 @@ func (a *Agent) sendLoop(ctx context.Context) error {
 
 var errNotConnected = errors.New("not connected")
 
-func (a *Agent) sendBatch(ctx context.Context) (int, error) {
+func (a *Agent) sendBatch() (int, error) {
 	if a.outbox.Len() == 0 {
 		return 0, nil
 	}
@@ -131,13 +133,7 @@ func (a *Agent) sendBatch(ctx context.Context) (int, error) {
 	first := a.outbox.FirstIndex()
 	last := min(a.outbox.LastIndex(), first+sendWindow-1)
 	topic := a.topics.Node(a.cfg.Name, protocol.LeafTelemetry)
-	type inflight struct {
-		tok interface {
-			WaitTimeout(time.Duration) bool
-			Error() error
-		}
-	}
-	var flights []inflight
+	var flights []paho.Token
 	for i := first; i <= last; i++ {
 		b, err := a.outbox.Read(i)
 		if err != nil {
@@ -149,14 +145,14 @@ func (a *Agent) sendBatch(ctx context.Context) (int, error) {
 			}
 			return 0, err
 		}
-		flights = append(flights, inflight{tok: a.client.Publish(topic, 1, false, b)})
+		flights = append(flights, a.client.Publish(topic, 1, false, b))
 	}
 	deadline := time.Now().Add(15 * time.Second)
-	for _, f := range flights {
-		if !f.tok.WaitTimeout(time.Until(deadline)) {
+	for _, tok := range flights {
+		if !tok.WaitTimeout(time.Until(deadline)) {
 			return 0, errors.New("publish not acknowledged in time")
 		}
-		if err := f.tok.Error(); err != nil {
+		if err := tok.Error(); err != nil {
 			return 0, err
 		}
 	}
@@ -172,7 +168,6 @@ func (a *Agent) sendBatch(ctx context.Context) (int, error) {
 	if n > 1 {
 		a.log.Info("telemetry back-filled", "samples", n, "remaining", a.outbox.Len())
 	}
-	_ = ctx
 	return n, nil
 }
 
