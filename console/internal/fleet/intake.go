@@ -49,16 +49,24 @@ func (s *Service) Sink(ctx context.Context, topic string, payload []byte) error 
 	}
 }
 
+func (s *Service) seenAt(n *store.Node, fields map[string]any) store.Seen {
+	return store.Seen{NowUS: s.now().UnixMicro(), WasOnline: n.Status == protocol.StateOnline, Fields: fields}
+}
+
 func (s *Service) seen(ctx context.Context, n *store.Node, fields map[string]any) error {
-	became, err := s.store.NodeSeen(ctx, n.ID, s.now().UnixMicro(), fields)
+	became, err := s.store.NodeSeen(ctx, n.ID, s.seenAt(n, fields))
 	if err != nil {
 		return fmt.Errorf("%w: %v", broker.ErrRetry, err)
 	}
+	s.noteOnline(n, became)
+	return nil
+}
+
+func (s *Service) noteOnline(n *store.Node, became bool) {
 	if became {
 		s.m.NodeTransitions.WithLabelValues(protocol.StateOnline, "message received").Inc()
 		s.log.Info("node online", "node", n.Name)
 	}
-	return nil
 }
 
 func (s *Service) telemetry(ctx context.Context, n *store.Node, payload []byte) error {
@@ -82,11 +90,11 @@ func (s *Service) telemetry(ctx context.Context, n *store.Node, payload []byte) 
 	// Store the canonical encoding, not the raw bytes: unknown fields a
 	// hostile client added do not reach the database.
 	canon, _ := json.Marshal(&t)
-	inserted, err := s.store.InsertSample(ctx, &store.Sample{
+	inserted, became, err := s.store.InsertSample(ctx, &store.Sample{
 		NodeID: n.ID, TimeUS: t.Time.UnixMicro(), Seq: t.Seq, CPUPercent: t.CPU.Percent,
 		MemPercent: t.Memory.Percent, PowerW: t.Energy.PowerW, EnergySource: t.Energy.Source,
 		BatteryPct: t.Energy.BatteryPct, Payload: string(canon), ReceivedUS: now.UnixMicro(),
-	})
+	}, s.seenAt(n, nil))
 	if err != nil {
 		s.log.Error("telemetry not stored", "node", n.Name, "err", err)
 		return fmt.Errorf("%w: %v", broker.ErrRetry, err)
@@ -96,7 +104,8 @@ func (s *Service) telemetry(ctx context.Context, n *store.Node, payload []byte) 
 	} else {
 		s.m.SamplesDuplicate.Inc()
 	}
-	return s.seen(ctx, n, nil)
+	s.noteOnline(n, became)
+	return nil
 }
 
 func (s *Service) status(ctx context.Context, n *store.Node, payload []byte) error {

@@ -127,24 +127,39 @@ func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
 	return ns, err
 }
 
-// NodeSeen records a message from a node at nowUS: it is online. It returns
-// true when the node was not online before (a transition worth logging).
-func (s *Store) NodeSeen(ctx context.Context, nodeID uint, nowUS int64, fields map[string]any) (bool, error) {
-	var became bool
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		updates := map[string]any{"last_seen_us": nowUS}
-		for k, v := range fields {
-			updates[k] = v
-		}
-		res := tx.Model(&Node{}).Where("id = ? AND status <> ?", nodeID, "online").
-			Updates(map[string]any{"status": "online", "status_us": nowUS, "status_reason": "message received"})
-		if res.Error != nil {
-			return res.Error
-		}
-		became = res.RowsAffected == 1
-		return tx.Model(&Node{}).Where("id = ?", nodeID).Updates(updates).Error
-	})
-	return became, err
+// Seen says a node was heard from at NowUS. WasOnline is its status as the
+// caller read it: only a node that was not online gets a status change,
+// which keeps the common case (an online node's heartbeat) one UPDATE.
+type Seen struct {
+	NowUS     int64
+	WasOnline bool
+	Fields    map[string]any // other node columns to update (heartbeat, arch…)
+}
+
+func (s *Store) seen(tx *gorm.DB, nodeID uint, seen Seen) (bool, error) {
+	updates := map[string]any{"last_seen_us": seen.NowUS}
+	for k, v := range seen.Fields {
+		updates[k] = v
+	}
+	if seen.WasOnline {
+		return false, tx.Model(&Node{}).Where("id = ?", nodeID).Updates(updates).Error
+	}
+	updates["status"], updates["status_us"], updates["status_reason"] = "online", seen.NowUS, "message received"
+	res := tx.Model(&Node{}).Where("id = ? AND status <> ?", nodeID, "online").Updates(updates)
+	if res.Error != nil || res.RowsAffected == 1 {
+		return res.Error == nil, res.Error
+	}
+	// Someone else marked it online since the caller looked.
+	delete(updates, "status")
+	delete(updates, "status_us")
+	delete(updates, "status_reason")
+	return false, tx.Model(&Node{}).Where("id = ?", nodeID).Updates(updates).Error
+}
+
+// NodeSeen records a message from a node: it is online. It returns true
+// when the node was not online before (a transition worth logging).
+func (s *Store) NodeSeen(ctx context.Context, nodeID uint, seen Seen) (bool, error) {
+	return s.seen(s.db.WithContext(ctx), nodeID, seen)
 }
 
 // MarkOffline sets one node offline with a reason; false if it already was.
@@ -178,24 +193,28 @@ func (s *Store) SweepOffline(ctx context.Context, nowUS int64, misses int64, def
 	return names, nil
 }
 
-// InsertSample stores a sample once: a second copy of the same (node, time)
-// is ignored and reported as not inserted. The node's latest sample is
+// InsertSample stores a sample once and records the node as seen, in one
+// transaction (one commit per message). A second copy of the same (node,
+// time) is ignored and reported as not inserted. The node's latest sample is
 // updated only by a newer one, so a back-fill does not overwrite it.
-func (s *Store) InsertSample(ctx context.Context, smp *Sample) (bool, error) {
-	var inserted bool
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+func (s *Store) InsertSample(ctx context.Context, smp *Sample, seen Seen) (inserted, became bool, err error) {
+	err = s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		res := tx.Clauses(clause.OnConflict{DoNothing: true}).Create(smp)
 		if res.Error != nil {
 			return res.Error
 		}
 		inserted = res.RowsAffected == 1
-		if !inserted {
-			return nil
+		if inserted {
+			err := tx.Model(&Node{}).Where("id = ? AND last_sample_us < ?", smp.NodeID, smp.TimeUS).
+				Updates(map[string]any{"last_telemetry": smp.Payload, "last_sample_us": smp.TimeUS}).Error
+			if err != nil {
+				return err
+			}
 		}
-		return tx.Model(&Node{}).Where("id = ? AND last_sample_us < ?", smp.NodeID, smp.TimeUS).
-			Updates(map[string]any{"last_telemetry": smp.Payload, "last_sample_us": smp.TimeUS}).Error
+		became, err = s.seen(tx, smp.NodeID, seen)
+		return err
 	})
-	return inserted, err
+	return inserted, became, err
 }
 
 // Samples returns a node's samples with sinceUS <= time < untilUS, oldest

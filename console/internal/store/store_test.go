@@ -135,7 +135,7 @@ func TestSamplesOnceAndNewestWins(t *testing.T) {
 		n := enrolled(t, s, "edge-1")
 		put := func(us int64, payload string) bool {
 			t.Helper()
-			ok, err := s.InsertSample(ctx, &Sample{NodeID: n.ID, TimeUS: us, Payload: payload, ReceivedUS: us})
+			ok, _, err := s.InsertSample(ctx, &Sample{NodeID: n.ID, TimeUS: us, Payload: payload, ReceivedUS: us}, Seen{NowUS: us, WasOnline: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -167,13 +167,16 @@ func TestLiveness(t *testing.T) {
 		ctx := context.Background()
 		a, b := enrolled(t, s, "a"), enrolled(t, s, "b")
 		sec := int64(time.Second / time.Microsecond)
-		if became, err := s.NodeSeen(ctx, a.ID, 100*sec, map[string]any{"heartbeat_us": sec}); err != nil || !became {
+		if became, err := s.NodeSeen(ctx, a.ID, Seen{NowUS: 100 * sec, Fields: map[string]any{"heartbeat_us": sec}}); err != nil || !became {
 			t.Fatalf("first message: became=%v err=%v", became, err)
 		}
-		if became, _ := s.NodeSeen(ctx, a.ID, 101*sec, nil); became {
+		// A caller that thought the node offline does not make a second transition.
+		if became, _ := s.NodeSeen(ctx, a.ID, Seen{NowUS: 101 * sec}); became {
 			t.Fatal("second message reported a transition")
 		}
-		s.NodeSeen(ctx, b.ID, 101*sec, nil) // no heartbeat stated: default applies
+		if became, _, _ := s.InsertSample(ctx, &Sample{NodeID: b.ID, TimeUS: 1, Payload: "{}"}, Seen{NowUS: 101 * sec}); !became {
+			t.Fatal("a sample from an offline node did not bring it online")
+		} // b stated no heartbeat: the default applies
 		// At 103.5 s, a (1 s heartbeat) has missed 3; b (default 5 s) has not.
 		names, err := s.SweepOffline(ctx, 104*sec+sec/2, 3, 5*sec)
 		if err != nil || len(names) != 1 || names[0] != "a" {
