@@ -64,7 +64,7 @@ func Start(t testing.TB, name string, env []string, bin string, args ...string) 
 	t.Cleanup(func() {
 		p.Kill(syscall.SIGKILL)
 		if t.Failed() {
-			t.Logf("---- %s output ----\n%s", name, Tail(out.String(), 6000))
+			t.Logf("---- %s output ----\n%s", name, Tail(out.String(), 20000))
 		}
 	})
 	return p

@@ -104,6 +104,7 @@ func (s *Service) telemetry(ctx context.Context, n *store.Node, payload []byte) 
 	} else {
 		s.m.SamplesDuplicate.Inc()
 	}
+	s.log.Debug("telemetry received", "node", n.Name, "seq", t.Seq, "time", t.Time, "new", inserted)
 	s.noteOnline(n, became)
 	return nil
 }
