@@ -7,7 +7,8 @@
 #   deploy/bench/idle.sh                   # 10 s settle, 60 s window
 #   IDLE_SECONDS=300 deploy/bench/idle.sh  # longer window
 #
-# Knobs: IDLE_SECONDS (default 60), SETTLE_SECONDS (default 10).
+# Knobs: IDLE_SECONDS (default 60), SETTLE_SECONDS (default 10),
+# MOSQUITTO (peer broker binary, default /usr/sbin/mosquitto).
 # Needs: go, make, curl, ss, mosquitto, mosquitto_sub, mosquitto_pub.
 # Everything runs on 127.0.0.1 in a temp dir that is removed on exit.
 set -euo pipefail
@@ -39,7 +40,7 @@ cleanup() {
   done
   for name in "${!PID[@]}"; do kill -KILL "${PID[$name]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if [ $rc != 0 ]; then
+  if [ $rc != 0 ] && [ $rc != 130 ]; then # 130: interrupted, not failed
     for f in "$TMP"/*.log; do
       [ -s "$f" ] && { echo "--- last lines of $(basename "$f")" >&2; tail -n 15 "$f" >&2; }
     done
