@@ -39,6 +39,11 @@ type Agent struct {
 	// (paho can complete a token with a nil error across a reconnect).
 	epoch   atomic.Uint64
 	pending chan struct{}
+	// acked is the last outbox index the broker acknowledged; the prefix up
+	// to it is removed lazily (maybeTruncate). Only the send loop writes it
+	// and truncatedAt.
+	acked       atomic.Uint64
+	truncatedAt time.Time
 }
 
 // Run enrolls if needed, then runs until ctx is cancelled.
@@ -119,7 +124,7 @@ func (a *Agent) httpHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{
 			"status": "ok", "node": a.cfg.Name, "mqtt_connected": a.client.IsConnectionOpen(),
-			"outbox_records": a.outbox.Len(),
+			"outbox_records": a.unsent(),
 		})
 	})
 	return mux

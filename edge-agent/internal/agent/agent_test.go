@@ -184,3 +184,33 @@ func TestExampleConfig(t *testing.T) {
 		t.Fatalf("example not applied: %+v", cfg)
 	}
 }
+
+func TestOutboxQuotaFreesAcknowledgedFirst(t *testing.T) {
+	j, err := journal.Open(t.TempDir(), journal.Options{MaxBytes: 1 << 20, SegmentSize: 64 << 10, MinFreeBytes: -1, NoSync: true, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	a := &Agent{cfg: Config{OutboxMaxBytes: 1 << 20}, log: quiet, m: newMetrics(), outbox: j}
+	rec := []byte(strings.Repeat("x", 8<<10))
+	for i := 0; i < 100; i++ {
+		if err := a.appendWithQuota(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.acked.Store(j.LastIndex()) // the broker has all of it
+	if a.unsent() != 0 {
+		t.Fatalf("unsent %d after everything was acknowledged", a.unsent())
+	}
+	for i := 0; i < 100; i++ { // more than the quota holds beside the acknowledged 100
+		if err := a.appendWithQuota(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if dropped := testutil.ToFloat64(a.m.dropped.WithLabelValues("outbox_full")); dropped != 0 {
+		t.Fatalf("dropped %v unsent samples while acknowledged ones could be freed", dropped)
+	}
+	if a.unsent() != 100 {
+		t.Fatalf("unsent %d, want the 100 new samples", a.unsent())
+	}
+}

@@ -59,13 +59,22 @@ func (a *Agent) sampleOnce(ctx context.Context, last *time.Time) error {
 	return nil
 }
 
-// appendWithQuota appends, dropping the oldest tenth of the outbox (and
-// counting it) when the disk quota is reached: an outage longer than the
-// quota loses its oldest telemetry, visibly, never the newest.
+// appendWithQuota appends. When the disk quota is reached it first frees
+// what the broker already acknowledged, then drops the oldest tenth of the
+// unsent samples, counted: an outage longer than the quota loses its oldest
+// telemetry, visibly, never the newest.
 func (a *Agent) appendWithQuota(b []byte) error {
 	_, _, err := a.outbox.Append(b)
 	if !errors.Is(err, journal.ErrFull) {
 		return err
+	}
+	if acked := a.acked.Load(); acked >= a.outbox.FirstIndex() && acked != 0 {
+		if err := a.outbox.TruncateFront(acked + 1); err != nil {
+			return err
+		}
+		if _, _, err = a.outbox.Append(b); !errors.Is(err, journal.ErrFull) {
+			return err
+		}
 	}
 	n := max(a.outbox.Len()/10, 1)
 	first := a.outbox.FirstIndex()
@@ -78,8 +87,17 @@ func (a *Agent) appendWithQuota(b []byte) error {
 	return err
 }
 
+// unsent is how many samples wait for the broker's acknowledgement.
+func (a *Agent) unsent() uint64 {
+	next, from := a.outbox.NextIndex(), max(a.outbox.FirstIndex(), a.acked.Load()+1)
+	if a.outbox.Len() == 0 || from >= next {
+		return 0
+	}
+	return next - from
+}
+
 func (a *Agent) updateOutboxGauges() {
-	a.m.outboxRecords.Set(float64(a.outbox.Len()))
+	a.m.outboxRecords.Set(float64(a.unsent()))
 	a.m.outboxBytes.Set(float64(a.outbox.SizeBytes()))
 }
 
@@ -87,8 +105,19 @@ func (a *Agent) updateOutboxGauges() {
 const sendWindow = 128
 
 // outboxSegmentBytes keeps segments small: the journal's TruncateFront
-// rewrites the rest of a segment, once per acknowledged batch.
+// rewrites the rest of a segment.
 const outboxSegmentBytes = 256 << 10
+
+// Acknowledged samples are removed from the outbox lazily — after this
+// many, or this long — not after every PUBACK: each truncation costs a
+// segment rewrite and two fsyncs, which an SD card or eMMC on an idle node
+// should not pay every 5 s. Until then the acknowledged prefix stays on
+// disk; after a restart it is sent once more and the console drops it as
+// duplicates.
+const (
+	truncateEvery   = 512
+	truncateMaxWait = time.Minute
+)
 
 // sendLoop publishes the outbox in order and removes what the broker
 // acknowledged. A sample leaves the outbox only after a PUBACK on a
@@ -96,6 +125,12 @@ const outboxSegmentBytes = 256 << 10
 // console's (node, time) key makes the repeat harmless.
 func (a *Agent) sendLoop(ctx context.Context) error {
 	retry := time.Second
+	a.truncatedAt = time.Now()
+	defer func() {
+		if err := a.maybeTruncate(true); err != nil {
+			a.log.Warn("outbox not trimmed at shutdown", "err", err)
+		}
+	}()
 	for {
 		sent, err := a.sendBatch()
 		switch {
@@ -123,14 +158,17 @@ func (a *Agent) sendLoop(ctx context.Context) error {
 var errNotConnected = errors.New("not connected")
 
 func (a *Agent) sendBatch() (int, error) {
-	if a.outbox.Len() == 0 {
+	if err := a.maybeTruncate(false); err != nil {
+		return 0, err
+	}
+	if a.unsent() == 0 {
 		return 0, nil
 	}
 	if !a.client.IsConnectionOpen() {
 		return 0, errNotConnected
 	}
 	epoch := a.epoch.Load()
-	first := a.outbox.FirstIndex()
+	first := max(a.outbox.FirstIndex(), a.acked.Load()+1)
 	last := min(a.outbox.LastIndex(), first+sendWindow-1)
 	topic := a.topics.Node(a.cfg.Name, protocol.LeafTelemetry)
 	var flights []paho.Token
@@ -159,16 +197,32 @@ func (a *Agent) sendBatch() (int, error) {
 	if a.epoch.Load() != epoch || !a.client.IsConnectionOpen() {
 		return 0, errors.New("connection changed while publishing")
 	}
-	if err := a.outbox.TruncateFront(last + 1); err != nil {
-		return 0, err
-	}
+	a.acked.Store(last)
 	n := int(last - first + 1)
 	a.m.published.Add(float64(len(flights)))
 	a.updateOutboxGauges()
 	if n > 1 {
-		a.log.Info("telemetry back-filled", "samples", n, "remaining", a.outbox.Len())
+		a.log.Info("telemetry back-filled", "samples", n, "remaining", a.unsent())
 	}
 	return n, nil
+}
+
+// maybeTruncate removes the acknowledged prefix when enough of it has
+// gathered, it has waited long enough, or force is set (shutdown).
+func (a *Agent) maybeTruncate(force bool) error {
+	acked, first := a.acked.Load(), a.outbox.FirstIndex()
+	if acked == 0 || first == 0 || acked < first {
+		return nil
+	}
+	if !force && acked-first+1 < truncateEvery && time.Since(a.truncatedAt) < truncateMaxWait {
+		return nil
+	}
+	if err := a.outbox.TruncateFront(acked + 1); err != nil {
+		return err
+	}
+	a.truncatedAt = time.Now()
+	a.updateOutboxGauges()
+	return nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
