@@ -4,7 +4,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin
 
-.PHONY: build run test test-short bench vet fmt clean
+.PHONY: build run test test-short bench vet fmt clean cells
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cloudskin-console ./console
@@ -33,3 +33,6 @@ fmt:
 
 clean:
 	rm -rf $(BIN)
+
+# Example cells (Go → wasip1 reactors, WAT → wasm) into bin/cells/.
+include mk/cells.mk
