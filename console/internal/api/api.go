@@ -21,6 +21,7 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/auth"
 	"github.com/cloudskin/cloudskin/console/internal/fleet"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
+	"github.com/cloudskin/cloudskin/console/internal/modules"
 	"github.com/cloudskin/cloudskin/console/internal/store"
 )
 
@@ -31,6 +32,7 @@ const MaxBodyBytes = 1 << 20
 type Server struct {
 	Store   *store.Store
 	Fleet   *fleet.Service
+	Modules *modules.Service
 	Tokens  *auth.Tokens
 	Metrics *metrics.Metrics
 	Log     *slog.Logger
@@ -46,7 +48,9 @@ func (s *Server) Handler() *echo.Echo {
 	e.HTTPErrorHandler = s.errorHandler
 	e.Use(middleware.Recover())
 	e.Use(s.observe)
-	e.Use(middleware.BodyLimit(strconv.Itoa(MaxBodyBytes/1024) + "K"))
+	e.Use(middleware.BodyLimitWithConfig(middleware.BodyLimitConfig{
+		Limit: strconv.Itoa(MaxBodyBytes/1024) + "K", Skipper: skipGlobalBodyLimit,
+	}))
 
 	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
 	e.GET("/readyz", s.readyz)
@@ -64,6 +68,10 @@ func (s *Server) Handler() *echo.Echo {
 	v1.GET("/nodes", s.listNodes, s.userAuth)
 	v1.GET("/nodes/:name", s.getNode, s.userAuth)
 	v1.GET("/nodes/:name/telemetry", s.nodeTelemetry, s.userAuth)
+	v1.POST("/modules", s.uploadModule, s.userAuth, s.requireRole(moduleRoles...))
+	v1.GET("/modules", s.listModules, s.userAuth, s.requireRole(moduleRoles...))
+	v1.GET("/modules/:digest", s.getModule, s.userAuth, s.requireRole(moduleRoles...))
+	v1.GET("/modules/:digest/wasm", s.moduleWasm, s.userOrNodeAuth(moduleRoles...))
 	return e
 }
 
@@ -82,6 +90,10 @@ func httpError(err error) (int, string) {
 		return he.Code, fmt.Sprint(he.Message)
 	case errors.Is(err, fleet.ErrInvalid):
 		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, modules.ErrInvalid):
+		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, modules.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge, err.Error()
 	case errors.Is(err, store.ErrNotFound):
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, store.ErrConflict):

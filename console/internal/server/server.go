@@ -18,6 +18,8 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/broker"
 	"github.com/cloudskin/cloudskin/console/internal/fleet"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
+	"github.com/cloudskin/cloudskin/console/internal/modules"
+	"github.com/cloudskin/cloudskin/console/internal/objects"
 	"github.com/cloudskin/cloudskin/console/internal/store"
 	"github.com/cloudskin/cloudskin/shared/protocol"
 )
@@ -82,6 +84,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		})
 	}
 	fl = fleet.New(fcfg, st, m, log)
+	objs, err := objects.NewFS(filepath.Join(cfg.Data, "objects"))
+	if err != nil {
+		return err
+	}
+	mods := modules.New(st, objs, log)
 
 	ln, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
@@ -98,7 +105,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	defer bus.Close()
 
 	a := &api.Server{
-		Store: st, Fleet: fl, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
+		Store: st, Fleet: fl, Modules: mods, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
 		Ready: func(ctx context.Context) error {
 			if err := st.Ping(ctx); err != nil {
 				return fmt.Errorf("database: %w", err)

@@ -18,6 +18,9 @@ var migrations = []struct {
 	{"foundation: users, settings, enrollment tokens, nodes, telemetry", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&User{}, &Setting{}, &EnrollmentToken{}, &Node{}, &Sample{})
 	}},
+	{"modules: uploaded cell modules (wasm), by digest", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&Module{})
+	}},
 }
 
 // SchemaVersion is the number of migrations this build knows.

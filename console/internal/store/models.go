@@ -80,6 +80,22 @@ type Sample struct {
 // TableName keeps the table name explicit; it is part of the schema contract.
 func (Sample) TableName() string { return "telemetry_samples" }
 
+// Module is an uploaded cell module. Its bytes live in the object store
+// under its digest; the row keeps what the validator learned about it.
+type Module struct {
+	ID             uint   `gorm:"primaryKey"`
+	Digest         string `gorm:"size:64;uniqueIndex;not null"` // SHA-256 hex of the bytes
+	Name           string `gorm:"size:63;index"`
+	SizeBytes      int64  `gorm:"not null"`
+	ABIVersion     int    `gorm:"not null;default:0"` // 0: known only by running it
+	MemoryMinPages int64  `gorm:"not null"`
+	MemoryMaxPages *int64
+	Exports        string    `gorm:"type:text;not null"` // JSON [{"name","kind"}]
+	Imports        string    `gorm:"type:text;not null"` // JSON [{"module","name","kind"}]
+	UploadedBy     string    `gorm:"size:64"`
+	UploadedAt     time.Time `gorm:"not null;index"`
+}
+
 // Migration is one applied schema step.
 type Migration struct {
 	Version   int `gorm:"primaryKey;autoIncrement:false"`
