@@ -119,3 +119,30 @@ func FuzzParseNode(f *testing.F) {
 		}
 	})
 }
+
+func TestDesiredValidate(t *testing.T) {
+	digest := strings.Repeat("ab", 32)
+	good := Desired{Node: "edge-1", Generation: 3, Cells: []CellSpec{{ID: "agg", Module: digest,
+		Inputs: []Input{{Name: "sensors", Topics: []string{"sensors/#"}}}, Outputs: []string{"aggregates"}}}}
+	if err := good.Validate("edge-1"); err != nil {
+		t.Fatal(err)
+	}
+	for name, change := range map[string]func(d *Desired){
+		"other node":   func(d *Desired) { d.Node = "edge-2" },
+		"bad id":       func(d *Desired) { d.Cells[0].ID = "Agg_1" },
+		"bad digest":   func(d *Desired) { d.Cells[0].Module = "sha1:abc" },
+		"twice":        func(d *Desired) { d.Cells = append(d.Cells, d.Cells[0]) },
+		"input topics": func(d *Desired) { d.Cells[0].Inputs[0].Topics = nil },
+		"negative":     func(d *Desired) { d.Cells[0].Limits.MemoryBytes = -1 },
+		"huge config":  func(d *Desired) { d.Cells[0].Config = make([]byte, 65<<10) },
+		"empty output": func(d *Desired) { d.Cells[0].Outputs = []string{""} },
+	} {
+		d := good
+		d.Cells = append([]CellSpec(nil), good.Cells...)
+		d.Cells[0].Inputs = append([]Input(nil), good.Cells[0].Inputs...)
+		change(&d)
+		if err := d.Validate("edge-1"); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: accepted (%v)", name, err)
+		}
+	}
+}

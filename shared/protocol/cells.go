@@ -1,0 +1,144 @@
+package protocol
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Desired is retained on nodes/{node}/desired: every cell the node should
+// run. The console bumps Generation on each change; the agent reconciles to
+// the newest generation it has seen and reports it in Actual.
+type Desired struct {
+	Node       string     `json:"node"`
+	Generation int64      `json:"generation"`
+	Cells      []CellSpec `json:"cells"`
+}
+
+// CellSpec is one cell as the console wants it run.
+type CellSpec struct {
+	ID      string     `json:"id"`
+	Module  string     `json:"module"` // sha256 hex digest of the .wasm
+	Config  []byte     `json:"config,omitempty"`
+	Inputs  []Input    `json:"inputs"`
+	Outputs []string   `json:"outputs,omitempty"`
+	Limits  CellLimits `json:"limits"`
+}
+
+// Input feeds a cell: records whose MQTT topic matches one of Topics (MQTT
+// filters on the agent's sensor broker) arrive as batches named Name.
+type Input struct {
+	Name   string   `json:"name"`
+	Topics []string `json:"topics"`
+}
+
+// CellLimits bound one cell; zero values take the agent's defaults.
+type CellLimits struct {
+	MemoryBytes     int64   `json:"memory_bytes,omitempty"`
+	FuelPerCall     uint64  `json:"fuel_per_call,omitempty"`
+	MaxInputBytes   int     `json:"max_input_bytes,omitempty"`
+	MaxOutputPerSec float64 `json:"max_output_per_sec,omitempty"`
+	CallTimeoutMS   int64   `json:"call_timeout_ms,omitempty"`
+}
+
+// Cell states reported in Actual.
+const (
+	CellStarting = "starting"
+	CellRunning  = "running"
+	CellBackoff  = "backoff" // crashed; restarting after a delay
+	CellFailed   = "failed"  // cannot start (bad module, refused config)
+)
+
+// Actual is published on nodes/{node}/actual: what the agent runs.
+type Actual struct {
+	Node       string       `json:"node"`
+	Generation int64        `json:"generation"`
+	Time       time.Time    `json:"time"`
+	Cells      []CellStatus `json:"cells"`
+}
+
+// CellStatus is one cell's state, counters and recent events on a node.
+type CellStatus struct {
+	ID            string      `json:"id"`
+	Module        string      `json:"module"`
+	State         string      `json:"state"`
+	Message       string      `json:"message,omitempty"`
+	Restarts      int         `json:"restarts"`
+	Invocations   uint64      `json:"invocations"`
+	Records       uint64      `json:"records"`
+	Errors        uint64      `json:"errors"`
+	Traps         uint64      `json:"traps"`
+	Emitted       uint64      `json:"emitted"`
+	RateLimited   uint64      `json:"rate_limited"`
+	FuelConsumed  uint64      `json:"fuel_consumed"`
+	MemoryBytes   int64       `json:"memory_bytes"`
+	LatencyP50US  float64     `json:"latency_p50_us"`
+	LatencyP99US  float64     `json:"latency_p99_us"`
+	Events        []CellEvent `json:"events,omitempty"`
+	RecentOutputs []Output    `json:"recent_outputs,omitempty"`
+}
+
+// CellEvent is a notable moment in a cell's life (started, trap, fuel…).
+type CellEvent struct {
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"`
+	Message string    `json:"message,omitempty"`
+}
+
+// Output is a record a cell emitted, as kept for the operator to read.
+type Output struct {
+	Time    time.Time `json:"time"`
+	Stream  string    `json:"stream"`
+	Payload []byte    `json:"payload"`
+}
+
+var cellIDRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+var digestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// Validate checks a cell spec's shape (the agent checks the module itself).
+func (c *CellSpec) Validate() error {
+	if !cellIDRE.MatchString(c.ID) {
+		return invalid("cell id %q: use 1-63 lowercase letters, digits or '-'", c.ID)
+	}
+	if !digestRE.MatchString(c.Module) {
+		return invalid("cell %s: module %q is not a sha256 hex digest", c.ID, c.Module)
+	}
+	if len(c.Config) > 64<<10 {
+		return invalid("cell %s: config of %d bytes exceeds 64 KiB", c.ID, len(c.Config))
+	}
+	if len(c.Inputs) > 16 || len(c.Outputs) > 16 {
+		return invalid("cell %s: at most 16 inputs and 16 outputs", c.ID)
+	}
+	for _, in := range c.Inputs {
+		if in.Name == "" || len(in.Topics) == 0 || len(in.Topics) > 16 {
+			return invalid("cell %s: input %q needs a name and 1-16 topic filters", c.ID, in.Name)
+		}
+	}
+	for _, o := range c.Outputs {
+		if o == "" || len(o) > 128 {
+			return invalid("cell %s: output name %q must be 1-128 characters", c.ID, o)
+		}
+	}
+	if l := c.Limits; l.MemoryBytes < 0 || l.MaxInputBytes < 0 || l.MaxOutputPerSec < 0 || l.CallTimeoutMS < 0 {
+		return invalid("cell %s: limits must not be negative", c.ID)
+	}
+	return nil
+}
+
+// Validate checks a desired state for node.
+func (d *Desired) Validate(node string) error {
+	if d.Node != node {
+		return invalid("desired state names node %q, not %q", d.Node, node)
+	}
+	seen := map[string]bool{}
+	for i := range d.Cells {
+		if err := d.Cells[i].Validate(); err != nil {
+			return err
+		}
+		if seen[d.Cells[i].ID] {
+			return fmt.Errorf("%w: cell %s listed twice", ErrInvalid, d.Cells[i].ID)
+		}
+		seen[d.Cells[i].ID] = true
+	}
+	return nil
+}
