@@ -236,7 +236,8 @@ func newAgent(t *testing.T, c *consoleEnv, name, token, brokerURL string, extra 
 	a := &agentEnv{t: t, name: name, data: t.TempDir(), httpPort: testenv.FreePort(t)}
 	a.args = []string{"run", "--console", c.url, "--name", name, "--data", a.data,
 		"--http", fmt.Sprintf("127.0.0.1:%d", a.httpPort), "--telemetry-interval", "250ms", "--heartbeat", "500ms",
-		"--label", "site=e2e", "--power-class", "green", "--lat", "41.56", "--lon", "1.69", "--log-level", "debug"}
+		"--label", "site=e2e", "--power-class", "green", "--lat", "41.56", "--lon", "1.69", "--log-level", "debug",
+		"--sensors", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}
 	if token != "" {
 		a.args = append(a.args, "--token", token)
 	}

@@ -34,6 +34,7 @@ type Agent struct {
 	client  paho.Client
 	outbox  *journal.Journal
 	sampler *telemetry.Sampler
+	cells   *cellManager
 	// epoch counts MQTT connections; a publish is trusted only if the
 	// connection it was sent on is still the current one when it completes
 	// (paho can complete a token with a nil error across a reconnect).
@@ -88,6 +89,18 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 	a.updateOutboxGauges()
 	a.sampler = telemetry.NewSampler(telemetry.Config{DataDir: cfg.Data, PowerIdleW: cfg.PowerIdleW, PowerMaxW: cfg.PowerMaxW})
 
+	if a.cells, err = newCellManager(a, nil); err != nil {
+		return err
+	}
+	if cfg.Sensors != "" {
+		sb, err := startSensorBroker(cfg.Sensors, a.log, a.cells.dispatch)
+		if err != nil {
+			return err
+		}
+		defer sb.close()
+		a.cells.publish = sb.publish
+	}
+
 	a.connect()
 	defer a.disconnect()
 
@@ -95,6 +108,8 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 	g.Go(func() error { return a.heartbeats(gctx) })
 	g.Go(func() error { return a.sampleLoop(gctx) })
 	g.Go(func() error { return a.sendLoop(gctx) })
+	g.Go(func() error { return a.cells.run(gctx) })
+	g.Go(func() error { return a.actualLoop(gctx) })
 	if ln != nil {
 		srv := &http.Server{Handler: a.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error {
@@ -169,9 +184,7 @@ func (a *Agent) connect() {
 		a.log.Info("connected to MQTT broker", "broker", a.brokerURL())
 		c.Publish(statusTopic, 1, true, a.status(protocol.StateOnline))
 		c.Subscribe(a.topics.Node(a.cfg.Name, protocol.LeafDesired), 1, func(_ paho.Client, m paho.Message) {
-			// Desired state is applied from the cells issue on; for now it
-			// is acknowledged and logged.
-			a.log.Info("desired state received", "bytes", len(m.Payload()))
+			a.cells.setDesired(m.Payload())
 		})
 		a.wake()
 	})
@@ -209,6 +222,29 @@ func (a *Agent) heartbeats(ctx context.Context) error {
 				a.client.Publish(topic, 0, true, a.status(protocol.StateOnline))
 			}
 		}
+	}
+}
+
+// actualLoop reports the cells' state with every telemetry interval.
+func (a *Agent) actualLoop(ctx context.Context) error {
+	t := time.NewTicker(a.cfg.TelemetryInterval)
+	defer t.Stop()
+	topic := a.topics.Node(a.cfg.Name, protocol.LeafActual)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if !a.client.IsConnectionOpen() {
+			continue
+		}
+		b, err := json.Marshal(a.cells.actual())
+		if err != nil {
+			continue
+		}
+		// QoS 0: a missed report is replaced by the next one.
+		a.client.Publish(topic, 0, false, b)
 	}
 }
 

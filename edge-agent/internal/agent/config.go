@@ -30,6 +30,7 @@ type Config struct {
 	TelemetryInterval time.Duration     `yaml:"telemetry_interval"`
 	Heartbeat         time.Duration     `yaml:"heartbeat"`
 	HTTP              string            `yaml:"http"`
+	Sensors           string            `yaml:"sensors"`
 	OutboxMaxBytes    int64             `yaml:"outbox_max_bytes"`
 	PowerIdleW        float64           `yaml:"power_idle_w"`
 	PowerMaxW         float64           `yaml:"power_max_w"`
@@ -44,6 +45,7 @@ func DefaultConfig() Config {
 		TelemetryInterval: 5 * time.Second,
 		Heartbeat:         5 * time.Second,
 		HTTP:              "127.0.0.1:9180",
+		Sensors:           "127.0.0.1:1884",
 		OutboxMaxBytes:    64 << 20,
 		PowerIdleW:        20,
 		PowerMaxW:         60,
@@ -66,6 +68,7 @@ func (c *Config) Define(fs *flag.FlagSet) {
 	fs.DurationVar(&c.TelemetryInterval, "telemetry-interval", c.TelemetryInterval, "how often telemetry is sampled")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "how often the agent says it is alive")
 	fs.StringVar(&c.HTTP, "http", c.HTTP, "listen address for /metrics and /healthz; empty disables")
+	fs.StringVar(&c.Sensors, "sensors", c.Sensors, "listen address of the local sensor MQTT broker that feeds cells; empty disables")
 	fs.Int64Var(&c.OutboxMaxBytes, "outbox-max-bytes", c.OutboxMaxBytes, "disk quota for telemetry buffered while offline; the oldest is dropped (and counted) beyond it")
 	fs.Float64Var(&c.PowerIdleW, "power-idle-w", c.PowerIdleW, "power model: watts at idle (used without RAPL or battery readings)")
 	fs.Float64Var(&c.PowerMaxW, "power-max-w", c.PowerMaxW, "power model: watts at full CPU")
@@ -113,6 +116,11 @@ func (c *Config) Validate() error {
 	if c.HTTP != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP); err != nil {
 			errs = append(errs, fmt.Errorf("http: %q is not host:port", c.HTTP))
+		}
+	}
+	if c.Sensors != "" {
+		if _, _, err := net.SplitHostPort(c.Sensors); err != nil {
+			errs = append(errs, fmt.Errorf("sensors: %q is not host:port", c.Sensors))
 		}
 	}
 	if c.OutboxMaxBytes < 1<<20 {

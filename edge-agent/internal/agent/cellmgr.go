@@ -1,0 +1,466 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cloudskin/cloudskin/edge-agent/internal/cells"
+	"github.com/cloudskin/cloudskin/shared/protocol"
+)
+
+// cellManager reconciles the cells a node runs with its desired state:
+// it fetches and verifies modules, starts, stops and restarts cells with
+// backoff, feeds them sensor records and reports their state.
+type cellManager struct {
+	a       *Agent
+	rt      *cells.Runtime
+	log     *slog.Logger
+	dataDir string
+	publish func(topic string, payload []byte) // local sensor broker: cell outputs
+
+	mu      sync.Mutex
+	desired protocol.Desired
+	cells   map[string]*runningCell
+	wake    chan struct{}
+}
+
+// runningCell is one desired cell and what became of it.
+type runningCell struct {
+	spec     protocol.CellSpec
+	cell     *cells.Cell // nil unless running
+	state    string
+	message  string
+	restarts int
+	retryAt  time.Time
+	queue    chan inputRecord
+	done     chan struct{}
+	offsets  map[string]uint64
+	outputs  []protocol.Output
+	lastStat cells.Stats
+	events   []protocol.CellEvent
+}
+
+type inputRecord struct {
+	input string
+	rec   cells.Record
+}
+
+const (
+	cellQueue        = 4096 // records waiting per cell before new ones are dropped
+	cellBatch        = 256  // records per call into a cell
+	recentOutputs    = 10
+	maxBackoff       = time.Minute
+	desiredFile      = "desired.json"
+	modulesDir       = "modules"
+	maxModuleBytes   = 32 << 20
+	recentCellEvents = 16
+)
+
+func newCellManager(a *Agent, publish func(string, []byte)) (*cellManager, error) {
+	rt, err := cells.NewRuntime(filepath.Join(a.cfg.Data, "compiled"), a.log)
+	if err != nil {
+		return nil, fmt.Errorf("cell runtime: %w", err)
+	}
+	m := &cellManager{a: a, rt: rt, log: a.log.With("component", "cells"), dataDir: a.cfg.Data,
+		publish: publish, cells: map[string]*runningCell{}, wake: make(chan struct{}, 1)}
+	// A node that restarts offline runs the cells it was last told to run.
+	if raw, err := os.ReadFile(filepath.Join(a.cfg.Data, desiredFile)); err == nil {
+		var d protocol.Desired
+		if json.Unmarshal(raw, &d) == nil && d.Validate(a.cfg.Name) == nil {
+			m.desired = d
+		}
+	}
+	return m, nil
+}
+
+// setDesired takes a desired-state message from the console.
+func (m *cellManager) setDesired(payload []byte) {
+	var d protocol.Desired
+	if err := json.Unmarshal(payload, &d); err != nil {
+		m.log.Error("desired state refused: malformed", "err", err)
+		return
+	}
+	if err := d.Validate(m.a.cfg.Name); err != nil {
+		m.log.Error("desired state refused", "err", err)
+		return
+	}
+	m.mu.Lock()
+	if d.Generation < m.desired.Generation {
+		m.mu.Unlock()
+		m.log.Warn("older desired state ignored", "generation", d.Generation, "have", m.desired.Generation)
+		return
+	}
+	m.desired = d
+	m.mu.Unlock()
+	if err := writeFileAtomic(filepath.Join(m.dataDir, desiredFile), d, 0o600); err != nil {
+		m.log.Error("desired state not persisted", "err", err)
+	}
+	m.log.Info("desired state received", "generation", d.Generation, "cells", len(d.Cells))
+	m.kick()
+}
+
+func (m *cellManager) kick() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run reconciles on every change and every second (for restarts).
+func (m *cellManager) run(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	defer m.stopAll()
+	for {
+		m.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.wake:
+		case <-t.C:
+		}
+	}
+}
+
+func (m *cellManager) reconcile(ctx context.Context) {
+	m.mu.Lock()
+	want := map[string]protocol.CellSpec{}
+	for _, s := range m.desired.Cells {
+		want[s.ID] = s
+	}
+	var stop []*runningCell
+	for id, rc := range m.cells {
+		if s, ok := want[id]; !ok || !sameSpec(s, rc.spec) {
+			stop = append(stop, rc)
+			delete(m.cells, id)
+		}
+	}
+	var start []*runningCell
+	now := time.Now()
+	for id, s := range want {
+		rc, ok := m.cells[id]
+		if !ok {
+			rc = &runningCell{spec: s, state: protocol.CellStarting, offsets: map[string]uint64{}}
+			m.cells[id] = rc
+		}
+		if rc.cell == nil && rc.state != protocol.CellFailed && !now.Before(rc.retryAt) {
+			start = append(start, rc)
+		}
+	}
+	m.mu.Unlock()
+	for _, rc := range stop {
+		m.stopCell(rc, "removed from desired state")
+	}
+	for _, rc := range start {
+		m.startCell(ctx, rc)
+	}
+}
+
+func sameSpec(a, b protocol.CellSpec) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return string(x) == string(y)
+}
+
+func (m *cellManager) startCell(ctx context.Context, rc *runningCell) {
+	id := rc.spec.ID
+	wasm, err := m.module(ctx, rc.spec.Module)
+	if err != nil {
+		m.fail(rc, fmt.Sprintf("module: %v", err), !errors.Is(err, errModulePermanent))
+		return
+	}
+	mod, err := m.rt.Load(wasm, rc.spec.Module)
+	if err != nil {
+		m.fail(rc, err.Error(), false)
+		return
+	}
+	l := rc.spec.Limits
+	spec := cells.Spec{ID: id, Config: rc.spec.Config, Outputs: rc.spec.Outputs, Limits: cells.Limits{
+		MemoryBytes: l.MemoryBytes, FuelPerCall: l.FuelPerCall, MaxInputBytes: l.MaxInputBytes,
+		MaxOutputPerSec: l.MaxOutputPerSec, CallTimeout: time.Duration(l.CallTimeoutMS) * time.Millisecond,
+	}}
+	cell, err := m.rt.Start(ctx, mod, spec, func(stream string, data []byte) { m.output(rc, stream, data) })
+	mod.Close()
+	if err != nil {
+		// A module that loads but will not start with this spec is
+		// retried with backoff: its init may depend on the moment.
+		m.fail(rc, err.Error(), true)
+		return
+	}
+	m.mu.Lock()
+	rc.cell, rc.state, rc.message = cell, protocol.CellRunning, ""
+	rc.queue, rc.done = make(chan inputRecord, cellQueue), make(chan struct{})
+	m.mu.Unlock()
+	go m.work(rc, cell, rc.queue, rc.done)
+	m.log.Info("cell started", "cell", id, "module", rc.spec.Module[:12], "restarts", rc.restarts)
+}
+
+// fail records why a cell is not running; retry schedules a restart
+// with exponential backoff, otherwise the cell stays failed until its
+// spec changes.
+func (m *cellManager) fail(rc *runningCell, msg string, retry bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rc.message = msg
+	rc.addEvent("start_failed", msg)
+	if !retry {
+		rc.state = protocol.CellFailed
+		m.log.Error("cell cannot run", "cell", rc.spec.ID, "err", msg)
+		return
+	}
+	rc.state = protocol.CellBackoff
+	backoff := min(time.Second<<min(rc.restarts, 6), maxBackoff)
+	rc.restarts++
+	rc.retryAt = time.Now().Add(backoff)
+	m.log.Warn("cell not running; will retry", "cell", rc.spec.ID, "err", msg, "in", backoff)
+}
+
+func (rc *runningCell) addEvent(kind, msg string) {
+	rc.events = append(rc.events, protocol.CellEvent{Time: time.Now().UTC(), Kind: kind, Message: msg})
+	if len(rc.events) > recentCellEvents {
+		rc.events = rc.events[len(rc.events)-recentCellEvents:]
+	}
+}
+
+// work feeds one cell, a batch of one input at a time, until its queue
+// closes or the cell dies.
+func (m *cellManager) work(rc *runningCell, cell *cells.Cell, queue chan inputRecord, done chan struct{}) {
+	defer close(done)
+	var carry *inputRecord
+	for {
+		var first inputRecord
+		if carry != nil {
+			first, carry = *carry, nil
+		} else {
+			r, ok := <-queue
+			if !ok {
+				return
+			}
+			first = r
+		}
+		batch := []cells.Record{first.rec}
+	fill:
+		for len(batch) < cellBatch {
+			select {
+			case r, ok := <-queue:
+				if !ok {
+					break fill
+				}
+				if r.input != first.input {
+					carry = &r
+					break fill
+				}
+				batch = append(batch, r.rec)
+			default:
+				break fill
+			}
+		}
+		if !m.handle(rc, cell, first.input, batch) {
+			return
+		}
+	}
+}
+
+// handle calls the cell; false means it died and will be restarted.
+func (m *cellManager) handle(rc *runningCell, cell *cells.Cell, input string, batch []cells.Record) bool {
+	err := cell.Handle(context.Background(), input, batch)
+	if err == nil {
+		return true
+	}
+	if cell.Stats().Running {
+		m.log.Debug("cell handler error", "cell", rc.spec.ID, "err", err)
+		return true
+	}
+	m.log.Warn("cell stopped", "cell", rc.spec.ID, "err", err)
+	m.mu.Lock()
+	if rc.cell == cell {
+		rc.lastStat = cell.Stats()
+		rc.cell, rc.queue, rc.done = nil, nil, nil
+		rc.state = protocol.CellBackoff
+		rc.message = err.Error()
+		rc.addEvent("crashed", err.Error())
+		backoff := min(time.Second<<min(rc.restarts, 6), maxBackoff)
+		rc.restarts++
+		rc.retryAt = time.Now().Add(backoff)
+	}
+	m.mu.Unlock()
+	go cell.Close()
+	m.kick()
+	return false
+}
+
+func (m *cellManager) stopCell(rc *runningCell, why string) {
+	m.mu.Lock()
+	cell, queue, done := rc.cell, rc.queue, rc.done
+	rc.cell, rc.queue = nil, nil
+	m.mu.Unlock()
+	if queue != nil {
+		close(queue)
+		<-done
+	}
+	if cell != nil {
+		cell.Close()
+		m.log.Info("cell stopped", "cell", rc.spec.ID, "why", why)
+	}
+}
+
+func (m *cellManager) stopAll() {
+	m.mu.Lock()
+	all := make([]*runningCell, 0, len(m.cells))
+	for _, rc := range m.cells {
+		all = append(all, rc)
+	}
+	m.mu.Unlock()
+	for _, rc := range all {
+		m.stopCell(rc, "agent stopping")
+	}
+	m.rt.Close()
+}
+
+// dispatch hands a sensor message to every running cell with a matching input.
+func (m *cellManager) dispatch(topic string, payload []byte) {
+	now := time.Now().UnixNano()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, rc := range m.cells {
+		if rc.queue == nil {
+			continue
+		}
+		for _, in := range rc.spec.Inputs {
+			if !slices.ContainsFunc(in.Topics, func(f string) bool { return topicMatches(f, topic) }) {
+				continue
+			}
+			off := rc.offsets[in.Name]
+			rc.offsets[in.Name] = off + 1
+			select {
+			case rc.queue <- inputRecord{input: in.Name, rec: cells.Record{Offset: off, TimeNS: now, Topic: topic, Payload: payload}}:
+			default:
+				m.a.m.dropped.WithLabelValues("cell_queue_full").Inc()
+			}
+		}
+	}
+}
+
+// output keeps a cell's recent outputs for the console and publishes each
+// on the local sensor broker at cells/{cell}/{stream}.
+func (m *cellManager) output(rc *runningCell, stream string, data []byte) {
+	m.mu.Lock()
+	rc.outputs = append(rc.outputs, protocol.Output{Time: time.Now().UTC(), Stream: stream, Payload: data})
+	if len(rc.outputs) > recentOutputs {
+		rc.outputs = rc.outputs[len(rc.outputs)-recentOutputs:]
+	}
+	m.mu.Unlock()
+	if m.publish != nil {
+		m.publish("cells/"+rc.spec.ID+"/"+stream, data)
+	}
+}
+
+// actual reports every desired cell's state and counters.
+func (m *cellManager) actual() protocol.Actual {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := protocol.Actual{Node: m.a.cfg.Name, Generation: m.desired.Generation, Time: time.Now().UTC(), Cells: []protocol.CellStatus{}}
+	for _, rc := range m.cells {
+		st := rc.lastStat
+		if rc.cell != nil {
+			st = rc.cell.Stats()
+		}
+		cs := protocol.CellStatus{
+			ID: rc.spec.ID, Module: rc.spec.Module, State: rc.state, Message: rc.message, Restarts: rc.restarts,
+			Invocations: st.Invocations, Records: st.Records, Errors: st.Errors, Traps: st.Traps, Emitted: st.Emitted,
+			RateLimited: st.RateLimited, FuelConsumed: st.FuelConsumed, MemoryBytes: int64(st.MemoryBytes),
+			LatencyP50US: float64(st.LatencyP50.Microseconds()), LatencyP99US: float64(st.LatencyP99.Microseconds()),
+			Events: slices.Clone(rc.events), RecentOutputs: slices.Clone(rc.outputs),
+		}
+		if rc.cell != nil {
+			for _, e := range rc.cell.Events() {
+				cs.Events = append(cs.Events, protocol.CellEvent{Time: e.Time, Kind: string(e.Kind), Message: e.Message})
+			}
+		}
+		out.Cells = append(out.Cells, cs)
+	}
+	slices.SortFunc(out.Cells, func(a, b protocol.CellStatus) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+var errModulePermanent = errors.New("module unusable")
+
+// module returns a module's bytes from the local store, downloading and
+// verifying it first if needed.
+func (m *cellManager) module(ctx context.Context, digest string) ([]byte, error) {
+	path := filepath.Join(m.dataDir, modulesDir, digest+".wasm")
+	if b, err := os.ReadFile(path); err == nil && sha256Hex(b) == digest {
+		return b, nil
+	}
+	url := strings.TrimRight(m.a.cfg.Console, "/") + "/api/v1/modules/" + digest + "/wasm"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.SetBasicAuth(m.a.cred.Node, m.a.cred.Secret)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, fmt.Errorf("%w: the console has no module %s", errModulePermanent, digest)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("download %s: %s", digest, resp.Status)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxModuleBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxModuleBytes {
+		return nil, fmt.Errorf("%w: module %s is larger than %d bytes", errModulePermanent, digest, maxModuleBytes)
+	}
+	if got := sha256Hex(b); got != digest {
+		return nil, fmt.Errorf("downloaded module has digest %s, want %s", got, digest)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, err
+	}
+	m.log.Info("module downloaded", "module", digest[:12], "bytes", len(b))
+	return b, nil
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// topicMatches applies MQTT filter rules: + matches one level, # the rest.
+func topicMatches(filter, topic string) bool {
+	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, part := range f {
+		if part == "#" {
+			return i == len(f)-1
+		}
+		if i >= len(t) || (part != "+" && part != t[i]) {
+			return false
+		}
+	}
+	return len(f) == len(t)
+}
