@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/cloudskin/cloudskin/console/internal/auth"
+	"github.com/cloudskin/cloudskin/console/internal/cells"
 	"github.com/cloudskin/cloudskin/console/internal/fleet"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/modules"
@@ -33,6 +34,7 @@ type Server struct {
 	Store   *store.Store
 	Fleet   *fleet.Service
 	Modules *modules.Service
+	Cells   *cells.Service
 	Tokens  *auth.Tokens
 	Metrics *metrics.Metrics
 	Log     *slog.Logger
@@ -72,6 +74,11 @@ func (s *Server) Handler() *echo.Echo {
 	v1.GET("/modules", s.listModules, s.userAuth, s.requireRole(moduleRoles...))
 	v1.GET("/modules/:digest", s.getModule, s.userAuth, s.requireRole(moduleRoles...))
 	v1.GET("/modules/:digest/wasm", s.moduleWasm, s.userOrNodeAuth(moduleRoles...))
+	v1.POST("/cells", s.createCell, s.userAuth, s.requireRole(cellWriteRoles...))
+	v1.GET("/cells", s.listCells, s.userAuth)
+	v1.GET("/cells/:id", s.getCell, s.userAuth)
+	v1.GET("/cells/:id/events", s.cellEvents, s.userAuth)
+	v1.DELETE("/cells/:id", s.deleteCell, s.userAuth, s.requireRole(cellWriteRoles...))
 	return e
 }
 
@@ -92,6 +99,10 @@ func httpError(err error) (int, string) {
 		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, modules.ErrInvalid):
 		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, cells.ErrInvalid):
+		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, cells.ErrUnpublished):
+		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, modules.ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, err.Error()
 	case errors.Is(err, store.ErrNotFound):

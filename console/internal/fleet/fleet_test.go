@@ -71,6 +71,10 @@ func TestSinkRefusesBadInput(t *testing.T) {
 		{"unknown leaf", tp.Node("edge-1", "secrets"), metrics.RejectUnknownTopic, []byte("{}")},
 		{"not a node topic", "cloudskin/v1/console", metrics.RejectUnknownTopic, []byte("{}")},
 		{"bad status", tp.Node("edge-1", protocol.LeafStatus), metrics.RejectStatusInvalid, []byte(`{"node":"edge-1","state":"asleep"}`)},
+		{"malformed actual", tp.Node("edge-1", protocol.LeafActual), metrics.RejectActualInvalid, []byte(`{"node":"edge-1","cells":{}}`)},
+		{"actual of another node", tp.Node("edge-1", protocol.LeafActual), metrics.RejectActualInvalid, []byte(`{"node":"edge-2","cells":[]}`)},
+		{"actual without cell id", tp.Node("edge-1", protocol.LeafActual), metrics.RejectActualInvalid, []byte(`{"node":"edge-1","cells":[{"state":"running"}]}`)},
+		{"oversized actual", tp.Node("edge-1", protocol.LeafActual), metrics.RejectActualInvalid, []byte(`{"node":"edge-1","x":"` + strings.Repeat("a", MaxActualBytes) + `"}`)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

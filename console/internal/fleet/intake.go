@@ -38,9 +38,10 @@ func (s *Service) Sink(ctx context.Context, topic string, payload []byte) error 
 		return s.telemetry(ctx, n, payload)
 	case protocol.LeafStatus:
 		return s.status(ctx, n, payload)
-	case protocol.LeafActual, protocol.LeafEvents:
-		// Reconciliation and events arrive with the cells issue; for now
-		// they only prove the node is alive.
+	case protocol.LeafActual:
+		return s.actual(ctx, n, payload)
+	case protocol.LeafEvents:
+		// Events have no consumer yet; they prove the node is alive.
 		return s.seen(ctx, n, nil)
 	default:
 		s.m.Reject(metrics.RejectUnknownTopic)
@@ -163,4 +164,51 @@ func truncate(s string, n int) string {
 		return s[:n]
 	}
 	return s
+}
+
+// MaxActualBytes bounds one actual-state message: a node's every cell with
+// its recent events and outputs.
+const MaxActualBytes = 256 << 10
+
+// actual stores the newest status of each cell the node reports. Statuses
+// of cells the console does not have on this node are counted and ignored.
+func (s *Service) actual(ctx context.Context, n *store.Node, payload []byte) error {
+	refuse := func(why string, err error) error {
+		s.m.Reject(metrics.RejectActualInvalid)
+		s.log.Warn("actual state refused", "node", n.Name, "why", why, "err", err)
+		return fmt.Errorf("%w: actual state: %s: %v", ErrInvalid, why, err)
+	}
+	if len(payload) > MaxActualBytes {
+		return refuse("oversized", fmt.Errorf("%d bytes exceeds %d", len(payload), MaxActualBytes))
+	}
+	var a protocol.Actual
+	if err := json.Unmarshal(payload, &a); err != nil {
+		return refuse("malformed", err)
+	}
+	if a.Node != n.Name {
+		return refuse("wrong node", fmt.Errorf("payload names node %q", a.Node))
+	}
+	statuses := make(map[string]string, len(a.Cells))
+	for i := range a.Cells {
+		c := &a.Cells[i]
+		if c.ID == "" || len(c.ID) > 63 {
+			return refuse("bad cell id", fmt.Errorf("cell id %q", c.ID))
+		}
+		// Canonical encoding: unknown fields do not reach the database.
+		b, _ := json.Marshal(c)
+		statuses[c.ID] = string(b)
+	}
+	if len(statuses) > 0 {
+		updated, err := s.store.SetCellStatuses(ctx, n.Name, statuses, s.now().UnixMicro())
+		if err != nil {
+			s.log.Error("cell statuses not stored", "node", n.Name, "err", err)
+			return fmt.Errorf("%w: %v", broker.ErrRetry, err)
+		}
+		if unknown := len(statuses) - updated; unknown > 0 {
+			s.m.ActualUnknownCells.Add(float64(unknown))
+			s.log.Debug("statuses of unknown cells ignored", "node", n.Name, "count", unknown)
+		}
+	}
+	s.log.Debug("actual state received", "node", n.Name, "generation", a.Generation, "cells", len(a.Cells))
+	return s.seen(ctx, n, nil)
 }

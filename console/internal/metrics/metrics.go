@@ -13,6 +13,7 @@ const (
 	RejectTelemetryOversized = "telemetry_oversized"
 	RejectTelemetryInvalid   = "telemetry_invalid"
 	RejectStatusInvalid      = "status_invalid"
+	RejectActualInvalid      = "actual_invalid"
 	RejectUnknownNode        = "unknown_node"
 	RejectUnknownTopic       = "unknown_topic"
 	RejectTopicDenied        = "topic_denied"
@@ -41,6 +42,9 @@ type Metrics struct {
 	HTTPDuration     *prometheus.HistogramVec
 	Enrollments      prometheus.Counter
 	RetentionDeleted prometheus.Counter
+	// ActualUnknownCells counts cell statuses a node reported for cells the
+	// console does not have on that node (deleted, or never placed there).
+	ActualUnknownCells prometheus.Counter
 }
 
 // New registers every console metric, plus Go and process collectors.
@@ -89,9 +93,13 @@ func New() *Metrics {
 			Name: "cloudskin_console_telemetry_retention_deleted_total",
 			Help: "Telemetry samples deleted by retention.",
 		}),
+		ActualUnknownCells: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cloudskin_console_actual_unknown_cells_total",
+			Help: "Cell statuses in a node's actual state for cells the console does not have on that node; ignored.",
+		}),
 	}
 	r.MustRegister(m.Rejected, m.MQTTMessages, m.SamplesStored, m.SamplesDuplicate, m.NodeTransitions,
-		m.NodesByStatus, m.HTTPRequests, m.HTTPDuration, m.Enrollments, m.RetentionDeleted,
+		m.NodesByStatus, m.HTTPRequests, m.HTTPDuration, m.Enrollments, m.RetentionDeleted, m.ActualUnknownCells,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

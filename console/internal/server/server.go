@@ -16,6 +16,7 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/api"
 	"github.com/cloudskin/cloudskin/console/internal/auth"
 	"github.com/cloudskin/cloudskin/console/internal/broker"
+	"github.com/cloudskin/cloudskin/console/internal/cells"
 	"github.com/cloudskin/cloudskin/console/internal/fleet"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/modules"
@@ -89,6 +90,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	mods := modules.New(st, objs, log)
+	cs := cells.New(topics, st, bus, log)
 
 	ln, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
@@ -103,9 +105,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer bus.Close()
+	// An embedded broker keeps retained messages in memory only: restore
+	// every node's desired state. A failure is not fatal; the next change
+	// to a node's cells publishes its state again.
+	if err := cs.RepublishAll(ctx); err != nil {
+		log.Error("desired states not all restored", "err", err)
+	}
 
 	a := &api.Server{
-		Store: st, Fleet: fl, Modules: mods, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
+		Store: st, Fleet: fl, Modules: mods, Cells: cs, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
 		Ready: func(ctx context.Context) error {
 			if err := st.Ping(ctx); err != nil {
 				return fmt.Errorf("database: %w", err)

@@ -21,6 +21,9 @@ var migrations = []struct {
 	{"modules: uploaded cell modules (wasm), by digest", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&Module{})
 	}},
+	{"cells: desired cells per node, their latest status, desired generations", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&Cell{}, &NodeDesired{})
+	}},
 }
 
 // SchemaVersion is the number of migrations this build knows.

@@ -105,3 +105,31 @@ type Migration struct {
 
 // TableName is fixed so migrations find their own table.
 func (Migration) TableName() string { return "schema_migrations" }
+
+// Cell is a cell the console wants run on one node. Spec is the
+// protocol.CellSpec as JSON, exactly what the node's desired state lists;
+// StatusJSON is the newest protocol.CellStatus the node reported for it and
+// StatusUS when the console received it (Unix microseconds, 0: never).
+type Cell struct {
+	ID         string `gorm:"primaryKey;size:63"`
+	Node       string `gorm:"size:63;index;not null"`
+	Module     string `gorm:"size:64;index;not null"`
+	Spec       string `gorm:"type:text;not null"`
+	CreatedBy  string `gorm:"size:64"`
+	StatusJSON string `gorm:"type:text"`
+	StatusUS   int64  `gorm:"not null;default:0"`
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+}
+
+// NodeDesired is the generation of a node's desired state, bumped in the
+// same transaction as every change to the node's cells. A row exists once
+// a node has had a desired state, even if its cells are all deleted since.
+type NodeDesired struct {
+	Node       string `gorm:"primaryKey;size:63"`
+	Generation int64  `gorm:"not null;default:0"`
+	UpdatedAt  time.Time
+}
+
+// TableName keeps the table name explicit; the generation bump names it in SQL.
+func (NodeDesired) TableName() string { return "node_desired" }
