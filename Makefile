@@ -4,7 +4,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin
 
-.PHONY: build run test test-short bench vet fmt clean cells
+.PHONY: build run test test-short bench vet fmt clean cells fuzz
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cloudskin-console ./console
@@ -18,6 +18,15 @@ run: build
 # agents, PostgreSQL (CLOUDSKIN_TEST_POSTGRES_URL) and Mosquitto.
 test: vet
 	$(GO) test -count=1 -timeout 20m ./...
+	@$(MAKE) --no-print-directory fuzz
+
+# Bounded fuzzing of what parses untrusted input: modules (agent loader and
+# console check), cell batches, topics.
+FUZZTIME ?= 15s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./edge-agent/internal/cells/
+	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) ./shared/wasmcheck/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBatch$$' -fuzztime $(FUZZTIME) ./shared/cellsdk/
 
 test-short:
 	$(GO) test -short -count=1 ./...
