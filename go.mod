@@ -20,6 +20,8 @@ require (
 	gorm.io/gorm v1.31.2
 )
 
+require github.com/tetratelabs/wazero v1.12.0
+
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/bytecodealliance/wasmtime-go/v39 v39.0.1
