@@ -35,6 +35,10 @@ type cellManager struct {
 	desired protocol.Desired
 	cells   map[string]*runningCell
 	wake    chan struct{}
+	// loaded keeps compiled modules by digest (used by the reconcile
+	// goroutine only), so a restart or a second cell of the same module
+	// starts in microseconds instead of reloading from the disk cache.
+	loaded map[string]*cells.Module
 }
 
 // runningCell is one desired cell and what became of it.
@@ -75,7 +79,7 @@ func newCellManager(a *Agent, publish func(string, []byte)) (*cellManager, error
 		return nil, fmt.Errorf("cell runtime: %w", err)
 	}
 	m := &cellManager{a: a, rt: rt, log: a.log.With("component", "cells"), dataDir: a.cfg.Data,
-		publish: publish, cells: map[string]*runningCell{}, wake: make(chan struct{}, 1)}
+		publish: publish, cells: map[string]*runningCell{}, wake: make(chan struct{}, 1), loaded: map[string]*cells.Module{}}
 	// A node that restarts offline runs the cells it was last told to run.
 	if raw, err := os.ReadFile(filepath.Join(a.cfg.Data, desiredFile)); err == nil {
 		var d protocol.Desired
@@ -141,6 +145,17 @@ func (m *cellManager) reconcile(ctx context.Context) {
 	for _, s := range m.desired.Cells {
 		want[s.ID] = s
 	}
+	// Drop compiled modules no desired cell uses any more.
+	inUse := map[string]bool{}
+	for _, s := range m.desired.Cells {
+		inUse[s.Module] = true
+	}
+	for digest, mod := range m.loaded {
+		if !inUse[digest] {
+			mod.Close()
+			delete(m.loaded, digest)
+		}
+	}
 	var stop []*runningCell
 	for id, rc := range m.cells {
 		if s, ok := want[id]; !ok || !sameSpec(s, rc.spec) {
@@ -177,15 +192,18 @@ func sameSpec(a, b protocol.CellSpec) bool {
 
 func (m *cellManager) startCell(ctx context.Context, rc *runningCell) {
 	id := rc.spec.ID
-	wasm, err := m.module(ctx, rc.spec.Module)
-	if err != nil {
-		m.fail(rc, fmt.Sprintf("module: %v", err), !errors.Is(err, errModulePermanent))
-		return
-	}
-	mod, err := m.rt.Load(wasm, rc.spec.Module)
-	if err != nil {
-		m.fail(rc, err.Error(), false)
-		return
+	mod, ok := m.loaded[rc.spec.Module]
+	if !ok {
+		wasm, err := m.module(ctx, rc.spec.Module)
+		if err != nil {
+			m.fail(rc, fmt.Sprintf("module: %v", err), !errors.Is(err, errModulePermanent))
+			return
+		}
+		if mod, err = m.rt.Load(wasm, rc.spec.Module); err != nil {
+			m.fail(rc, err.Error(), false)
+			return
+		}
+		m.loaded[rc.spec.Module] = mod
 	}
 	l := rc.spec.Limits
 	spec := cells.Spec{ID: id, Config: rc.spec.Config, Outputs: rc.spec.Outputs, Limits: cells.Limits{
@@ -193,7 +211,6 @@ func (m *cellManager) startCell(ctx context.Context, rc *runningCell) {
 		MaxOutputPerSec: l.MaxOutputPerSec, CallTimeout: time.Duration(l.CallTimeoutMS) * time.Millisecond,
 	}}
 	cell, err := m.rt.Start(ctx, mod, spec, func(stream string, data []byte) { m.output(rc, stream, data) })
-	mod.Close()
 	if err != nil {
 		// A module that loads but will not start with this spec is
 		// retried with backoff: its init may depend on the moment.
@@ -326,6 +343,10 @@ func (m *cellManager) stopAll() {
 	m.mu.Unlock()
 	for _, rc := range all {
 		m.stopCell(rc, "agent stopping")
+	}
+	for digest, mod := range m.loaded {
+		mod.Close()
+		delete(m.loaded, digest)
 	}
 	m.rt.Close()
 }

@@ -77,15 +77,20 @@ func (r *Runtime) Start(ctx context.Context, m *Module, spec Spec, out Output) (
 	store := wasmtime.NewStoreWithData(r.engine, c)
 	// One memory of at most MemoryBytes, one instance, a few bounded tables.
 	store.Limiter(limits.MemoryBytes, 1<<20, 1, 4, 1)
-	wasi := wasmtime.NewWasiConfig()
-	s, err := r.openStdio(c, wasi)
-	if err != nil {
-		wasi.Close()
-		store.Close()
-		return nil, err
+	c.store = store
+	// A cell without WASI imports (WAT, C without libc) has no stdout to
+	// forward: skipping the WASI context and its pipe is most of its start.
+	if m.usesWASI {
+		wasi := wasmtime.NewWasiConfig()
+		s, err := r.openStdio(c, wasi)
+		if err != nil {
+			wasi.Close()
+			store.Close()
+			return nil, err
+		}
+		store.SetWasi(wasi)
+		c.stdio = s
 	}
-	store.SetWasi(wasi)
-	c.store, c.stdio = store, s
 
 	if err := c.start(ctx, r, m, spec.Config); err != nil {
 		c.stats.event(EventInitFailed, err.Error())

@@ -24,6 +24,7 @@ type Module struct {
 	memMinBytes   uint64
 	hasInitialize bool
 	hasInit       bool
+	usesWASI      bool // imports wasi_snapshot_preview1: needs a WASI context and stdio
 }
 
 // Close releases the compiled code.
@@ -248,6 +249,7 @@ func (m *Module) check() error {
 				problems = append(problems, fmt.Sprintf("import cloudskin.%s has signature %s, want %s", name, got, want))
 			}
 		case mod == "wasi_snapshot_preview1":
+			m.usesWASI = true
 			if ft == nil {
 				problems = append(problems, fmt.Sprintf("import wasi_snapshot_preview1.%s is not a function", name))
 			}
