@@ -64,11 +64,8 @@ func (r *Runtime) Load(wasm []byte, digest string) (*Module, error) {
 	if normalizeDigest(digest) != hexSum {
 		return nil, fmt.Errorf("%w: expected %s, module hashes to %s", ErrDigest, digest, hexSum)
 	}
-	// Reject garbage before touching the cache: a cache file is only valid for bytes that
-	// compile, and validation is much cheaper than compilation.
-	if err := wasmtime.ModuleValidate(r.engine, wasm); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
-	}
+	// No separate validation: a miss compiles (which validates), and a cache entry exists
+	// only for a digest whose bytes compiled, so on a hit these very bytes are known good.
 
 	mod, fromCache, err := r.compile(wasm, hexSum)
 	if err != nil {
