@@ -158,11 +158,32 @@ func (r *Runtime) writeCache(path string, mod *wasmtime.Module) error {
 	return err
 }
 
+// kindName names a value type. wasmtime-go's ValKind.String panics on kinds it
+// does not know (v128 and newer reference types), which FuzzLoad found.
+func kindName(k wasmtime.ValKind) string {
+	switch k {
+	case wasmtime.KindI32:
+		return "i32"
+	case wasmtime.KindI64:
+		return "i64"
+	case wasmtime.KindF32:
+		return "f32"
+	case wasmtime.KindF64:
+		return "f64"
+	case wasmtime.KindFuncref:
+		return "funcref"
+	case wasmtime.KindExternref:
+		return "externref"
+	default:
+		return fmt.Sprintf("kind%d", uint8(k))
+	}
+}
+
 func sigOf(ft *wasmtime.FuncType) string {
 	kinds := func(vs []*wasmtime.ValType) string {
 		s := make([]string, len(vs))
 		for i, v := range vs {
-			s[i] = v.Kind().String()
+			s[i] = kindName(v.Kind())
 		}
 		return strings.Join(s, ",")
 	}
