@@ -50,9 +50,6 @@ func TestWasmCheckValid(t *testing.T) {
 // TestGoToolchainCell makes sure a reactor built by the Go toolchain, the
 // way cells are built, passes.
 func TestWasmGoToolchainCell(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds a wasm module")
-	}
 	dir := t.TempDir()
 	src := `package main
 

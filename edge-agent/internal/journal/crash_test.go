@@ -82,9 +82,6 @@ func crashChild(commit bool) {
 // TestCrashKeepsAcknowledged kills a writing process with SIGKILL and checks
 // that every record it acknowledged is there, intact, after reopening.
 func TestCrashKeepsAcknowledged(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a child process")
-	}
 	for _, mode := range []string{"append", "commit"} {
 		t.Run(mode, func(t *testing.T) {
 			dir := tempJournalDir(t)
@@ -234,9 +231,6 @@ func writeFailureChild() {
 // log), and reopening repairs the half-written tail and keeps every
 // acknowledged record.
 func TestWriteFailureStopsJournal(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a child process")
-	}
 	dir := tempJournalDir(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"=write-failure", dirEnv+"="+dir)
