@@ -35,6 +35,8 @@ var (
 	ErrDigest = errors.New("cells: module digest mismatch")
 	// ErrInvalidModule: the bytes are not a WebAssembly module wasmtime accepts.
 	ErrInvalidModule = errors.New("cells: invalid module")
+	// ErrNotCached: LoadCached found no sound compiled-code cache entry for the digest.
+	ErrNotCached = errors.New("cells: module not in the compiled-code cache")
 	// ErrABI: the module does not follow the cell ABI (exports, imports, version).
 	ErrABI = errors.New("cells: module does not follow cell ABI v1")
 	// ErrLimit: the module or the call does not fit the cell's limits.

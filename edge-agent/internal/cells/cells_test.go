@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"os"
@@ -616,5 +617,69 @@ func TestCache(t *testing.T) {
 		if m, st = loadOnce(); !m.FromCache || st.Hits != 1 {
 			t.Fatalf("%s: cache not rewritten: %+v", name, st)
 		}
+	}
+}
+
+// TestLoadCached is the agent's restart path: a module it ran before comes back from the
+// compiled-code cache by digest alone, and anything unsound in the cache is a miss.
+func TestLoadCached(t *testing.T) {
+	dir := t.TempDir()
+	wasm := wasmOf(t, cellWAT{}.String())
+	digest := digestOf(wasm)
+	r, err := NewRuntime(dir, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+
+	if _, err := r.LoadCached(digest); !errors.Is(err, ErrNotCached) {
+		t.Fatalf("empty cache: %v", err)
+	}
+	for _, bad := range []string{"", "sha256:xyz", strings.Repeat("g", 64), digest[:60]} {
+		if _, err := r.LoadCached(bad); !errors.Is(err, ErrDigest) {
+			t.Fatalf("LoadCached(%q): %v", bad, err)
+		}
+	}
+	m, err := r.Load(wasm, digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+
+	m, err = r.LoadCached("sha256:" + strings.ToUpper(digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var col collector
+	c, err := r.Start(context.Background(), m, Spec{ID: "c", Outputs: []string{"count"}}, col.out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Handle(context.Background(), "in", records(3)); err != nil || len(col.all()) != 1 {
+		t.Fatalf("handle: %v, %v", err, col.all())
+	}
+	c.Close()
+	m.Close()
+
+	// Garbage under a correct trailer passes the checksum; wasmtime refuses it, and that is
+	// a miss too, with the entry removed.
+	files, _ := filepath.Glob(filepath.Join(dir, digest+"-*.cwasm"))
+	if len(files) != 1 {
+		t.Fatalf("cache files %v", files)
+	}
+	junk := append([]byte("\x7fELF but not really compiled code"), make([]byte, cacheFacts)...)
+	junk = binary.LittleEndian.AppendUint32(junk, crc32.Checksum(junk, castagnoli))
+	junk = append(junk, cacheMagic...)
+	if _, ok := checkCacheBytes(junk); !ok {
+		t.Fatal("trailer helper disagrees with the writer")
+	}
+	if err := os.WriteFile(files[0], junk, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.LoadCached(digest); !errors.Is(err, ErrNotCached) {
+		t.Fatalf("refused entry: %v", err)
+	}
+	if _, err := os.Stat(files[0]); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("refused entry left in place: %v", err)
 	}
 }

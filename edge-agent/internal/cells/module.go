@@ -3,8 +3,12 @@ package cells
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"hash/crc32"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -66,83 +70,179 @@ func (r *Runtime) Load(wasm []byte, digest string) (*Module, error) {
 	}
 	// No separate validation: a miss compiles (which validates), and a cache entry exists
 	// only for a digest whose bytes compiled, so on a hit these very bytes are known good.
-
-	mod, fromCache, err := r.compile(wasm, hexSum)
-	if err != nil {
-		return nil, err
+	if m := r.fromCache(hexSum); m != nil {
+		return m, nil
 	}
-	m := &Module{Digest: hexSum, FromCache: fromCache, mod: mod}
+	mod, err := wasmtime.NewModule(r.engine, wasm)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
+	}
+	m := &Module{Digest: hexSum, mod: mod}
 	if err := m.check(); err != nil {
 		m.Close()
 		return nil, err
 	}
+	if r.cacheDir != "" {
+		r.cacheMisses.Add(1)
+		path := r.cachePath(hexSum)
+		if err := r.writeCache(path, m); err != nil {
+			// A cache we cannot write costs a recompile next time, nothing more.
+			r.log.Warn("cells: cannot write compiled-code cache", "path", path, "err", err)
+		}
+	}
 	return m, nil
+}
+
+// LoadCached loads a module from the compiled-code cache alone, by digest, without its wasm
+// bytes: what an agent does for the modules it already ran, after a restart. It returns an
+// error wrapping ErrNotCached when the cache holds no sound entry; the caller then reads the
+// module and calls Load. A cache entry is only ever written for bytes that hashed to the
+// digest and compiled, so it needs no second digest check.
+func (r *Runtime) LoadCached(digest string) (*Module, error) {
+	hexSum := normalizeDigest(digest)
+	if !validHexDigest(hexSum) {
+		return nil, fmt.Errorf("%w: %q is not a sha256 digest", ErrDigest, digest)
+	}
+	if m := r.fromCache(hexSum); m != nil {
+		return m, nil
+	}
+	return nil, fmt.Errorf("%w: %s", ErrNotCached, hexSum)
+}
+
+func validHexDigest(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
 }
 
 func (r *Runtime) cachePath(hexSum string) string {
 	return filepath.Join(r.cacheDir, fmt.Sprintf("%s-%s-%s-%s.cwasm", hexSum, wasmtimeVersion, runtime.GOOS, runtime.GOARCH))
 }
 
-// compile returns compiled code, from the cache when it holds a sound entry. A cache file
-// is the serialized module followed by its own sha256: wasmtime would map a damaged file
-// (power loss on flash, bit rot) as native code, so a file failing that check — or that
-// wasmtime refuses — is deleted and recompiled.
-func (r *Runtime) compile(wasm []byte, hexSum string) (*wasmtime.Module, bool, error) {
-	if r.cacheDir == "" {
-		mod, err := wasmtime.NewModule(r.engine, wasm)
-		if err != nil {
-			return nil, false, fmt.Errorf("%w: %v", ErrInvalidModule, err)
-		}
-		return mod, false, nil
+// A compiled-code cache file is wasmtime's serialized module followed by a trailer:
+//
+//	abi facts (16 bytes) | CRC-32C of code and facts (4, little endian) | magic (8)
+//
+// An entry is written only for a module that compiled and passed the ABI check, and the facts
+// are what that check found (minimum memory, which optional exports, whether it uses WASI),
+// so a hit skips the check: walking a module's exports and imports through the C API costs
+// more than mapping its code (21 of 75 µs for the minimal cell).
+//
+// wasmtime would map a damaged file (power loss on flash, bit rot) as native code, so a file
+// failing the CRC — or that wasmtime refuses — is deleted and recompiled. CRC-32C, not a
+// cryptographic hash, because it guards against decay, not an attacker (whoever can write
+// the 0700 cache dir can replace the agent), and it runs in hardware on amd64 and arm64:
+// ≈7 GB/s here against sha256's 1.6 GB/s, 2 ms instead of 8 ms for a Go cell's 13 MB of code.
+const cacheMagic = "CSKCRC02"
+
+const (
+	cacheFacts   = 16
+	cacheTrailer = cacheFacts + 4 + len(cacheMagic)
+)
+
+const (
+	factInitialize = 1 << iota
+	factInit
+	factWASI
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func (m *Module) facts() []byte {
+	b := binary.LittleEndian.AppendUint64(make([]byte, 0, cacheFacts), m.memMinBytes)
+	var flags byte
+	if m.hasInitialize {
+		flags |= factInitialize
 	}
-	path := r.cachePath(hexSum)
-	if b, err := os.ReadFile(path); err == nil {
-		if code, ok := checkCacheFile(b); ok {
-			if mod, err := wasmtime.NewModuleDeserialize(r.engine, code); err == nil {
-				r.cacheHits.Add(1)
-				return mod, true, nil
-			} else {
-				r.log.Warn("cells: compiled-code cache entry refused, recompiling", "path", path, "err", err)
-			}
-		} else {
-			r.log.Warn("cells: compiled-code cache entry corrupt, recompiling", "path", path)
-		}
-		os.Remove(path)
+	if m.hasInit {
+		flags |= factInit
 	}
-	r.cacheMisses.Add(1)
-	mod, err := wasmtime.NewModule(r.engine, wasm)
-	if err != nil {
-		return nil, false, fmt.Errorf("%w: %v", ErrInvalidModule, err)
+	if m.usesWASI {
+		flags |= factWASI
 	}
-	if err := r.writeCache(path, mod); err != nil {
-		// A cache we cannot write costs a recompile next time, nothing more.
-		r.log.Warn("cells: cannot write compiled-code cache", "path", path, "err", err)
-	}
-	return mod, false, nil
+	return append(b, flags, 0, 0, 0, 0, 0, 0, 0)
 }
 
-func checkCacheFile(b []byte) ([]byte, bool) {
-	if len(b) < sha256.Size {
+func (m *Module) setFacts(b []byte) {
+	m.memMinBytes = binary.LittleEndian.Uint64(b)
+	m.hasInitialize, m.hasInit, m.usesWASI = b[8]&factInitialize != 0, b[8]&factInit != 0, b[8]&factWASI != 0
+}
+
+// fromCache maps a sound cache entry; nil on a miss. wasmtime's serialized format locates
+// its sections by offset, so it maps the file in place with the trailer after it (a file it
+// refused would cost one recompile, never a wrong load: the trailer is checked first).
+func (r *Runtime) fromCache(hexSum string) *Module {
+	if r.cacheDir == "" {
+		return nil
+	}
+	path := r.cachePath(hexSum)
+	facts, err := checkCacheFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		r.log.Warn("cells: compiled-code cache entry unusable, recompiling", "path", path, "err", err)
+	default:
+		mod, err := wasmtime.NewModuleDeserializeFile(r.engine, path)
+		if err == nil {
+			r.cacheHits.Add(1)
+			m := &Module{Digest: hexSum, FromCache: true, mod: mod}
+			m.setFacts(facts)
+			return m
+		}
+		r.log.Warn("cells: compiled-code cache entry refused, recompiling", "path", path, "err", err)
+	}
+	os.Remove(path)
+	return nil
+}
+
+var errCacheCorrupt = errors.New("trailer or checksum does not match")
+
+// checkCacheFile verifies a cache file's trailer and returns its ABI facts. A large file is
+// checked over a read-only mapping, so the check copies nothing and leaves the pages in the
+// page cache for wasmtime's own mapping; a small one is read, which costs fewer syscalls.
+func checkCacheFile(path string) ([]byte, error) {
+	var facts []byte
+	err := withContents(path, func(b []byte) {
+		if f, ok := checkCacheBytes(b); ok {
+			facts = bytes.Clone(f)
+		}
+	})
+	if err == nil && facts == nil {
+		err = errCacheCorrupt
+	}
+	return facts, err
+}
+
+func checkCacheBytes(b []byte) ([]byte, bool) {
+	if len(b) < cacheTrailer {
 		return nil, false
 	}
-	code, tail := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
-	sum := sha256.Sum256(code)
-	return code, bytes.Equal(sum[:], tail)
+	n := len(b) - cacheTrailer + cacheFacts // code and facts
+	tail := b[n:]
+	if string(tail[4:]) != cacheMagic || binary.LittleEndian.Uint32(tail) != crc32.Checksum(b[:n], castagnoli) {
+		return nil, false
+	}
+	return b[n-cacheFacts : n], true
 }
 
 // writeCache writes atomically: temp file, fsync, rename.
-func (r *Runtime) writeCache(path string, mod *wasmtime.Module) error {
-	code, err := mod.Serialize()
+func (r *Runtime) writeCache(path string, m *Module) error {
+	code, err := m.mod.Serialize()
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256(code)
+	code = append(code, m.facts()...)
+	code = binary.LittleEndian.AppendUint32(code, crc32.Checksum(code, castagnoli))
+	code = append(code, cacheMagic...)
 	f, err := os.CreateTemp(r.cacheDir, ".tmp-*.cwasm")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	_, err = f.Write(append(code, sum[:]...))
+	_, err = f.Write(code)
 	if err == nil {
 		err = f.Sync()
 	}

@@ -19,10 +19,11 @@ func discard(string, []byte) {}
 // outside the measured part. Sub-benchmarks, per cell:
 //
 //	cells         Runtime.Start from a loaded Module (compiled code in memory)
-//	cells-load    Runtime.Load from the warm disk cache + Start: nothing in memory but the runtime
+//	cells-load    Runtime.LoadCached from the warm disk cache + Start: nothing in memory but the
+//	              runtime (the first cell of a module after an agent restart)
 //	wazero        the peer, InstantiateModule + _initialize from a CompiledModule
 //	wazero-load   the peer, CompileModule from its warm file cache + instantiate
-//	process       the peer, exec of cmd/oneshot: new process, runtime, Load from the cache,
+//	process       the peer, exec of cmd/oneshot: new process, runtime, LoadCached from the cache,
 //	              Start, one event, exit (the whole per-event cost of that design)
 func BenchmarkColdStart(b *testing.B) {
 	f := getFixtures(b)
@@ -53,10 +54,11 @@ func BenchmarkColdStart(b *testing.B) {
 
 		b.Run(name+"/cells-load", func(b *testing.B) {
 			rt := newCells(b, f.cacheDir)
+			dig := digest(wasm)
 			var lat latencies
 			for b.Loop() {
 				t0 := time.Now()
-				m, err := rt.Load(wasm, digest(wasm))
+				m, err := rt.LoadCached(dig)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -285,7 +287,7 @@ func newWz(tb testing.TB, cacheDir string) *wzRuntime {
 // oneshot runs cmd/oneshot on one event and returns what the cell emitted.
 func oneshot(tb testing.TB, f *fixtures, module string, event []byte) []byte {
 	tb.Helper()
-	cmd := exec.Command(f.oneshot, "-module", module, "-cache", f.cacheDir)
+	cmd := exec.Command(f.oneshot, "-module", module, "-digest", f.digestOf(module), "-cache", f.cacheDir)
 	cmd.Stdin = bytes.NewReader(event)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

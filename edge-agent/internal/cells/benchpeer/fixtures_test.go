@@ -180,3 +180,11 @@ func perEvent(b *testing.B, events int) {
 	b.ReportMetric(ns, "ns/event")
 	b.ReportMetric(1e9/ns, "events/s")
 }
+
+// digestOf names the module at path (one of the fixtures) by its digest.
+func (f *fixtures) digestOf(path string) string {
+	if path == f.aggregatorPath {
+		return digest(f.aggregator)
+	}
+	return digest(f.minimal)
+}

@@ -99,7 +99,7 @@ func BenchmarkIdleRSS(b *testing.B) {
 				}
 			}()
 			for range procs {
-				cmd := exec.Command(f.oneshot, "-hold", "-module", path, "-cache", f.cacheDir)
+				cmd := exec.Command(f.oneshot, "-hold", "-module", path, "-digest", f.digestOf(path), "-cache", f.cacheDir)
 				in, err := cmd.StdinPipe()
 				if err != nil {
 					b.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -35,20 +36,16 @@ func run() error {
 	cache := flag.String("cache", "", "compiled-code cache dir")
 	topic := flag.String("topic", "sensors/t1", "topic of the event")
 	outputs := flag.String("outputs", "count,aggregates", "the cell's declared outputs, comma-separated")
+	digest := flag.String("digest", "", "the module's sha256: load it from the compiled-code cache without reading the .wasm, as the agent does")
 	hold := flag.Bool("hold", false, "start the cell, print ready, wait for stdin to close")
 	flag.Parse()
 
-	wasm, err := os.ReadFile(*module)
-	if err != nil {
-		return err
-	}
-	sum := sha256.Sum256(wasm)
 	rt, err := cells.NewRuntime(*cache, nil)
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
-	m, err := rt.Load(wasm, hex.EncodeToString(sum[:]))
+	m, err := load(rt, *module, *digest)
 	if err != nil {
 		return err
 	}
@@ -81,4 +78,19 @@ func run() error {
 	}
 	rec := cells.Record{Offset: 0, TimeNS: time.Now().UnixNano(), Topic: *topic, Payload: payload}
 	return c.Handle(ctx, "in", []cells.Record{rec})
+}
+
+func load(rt *cells.Runtime, path, digest string) (*cells.Module, error) {
+	if digest != "" {
+		m, err := rt.LoadCached(digest)
+		if !errors.Is(err, cells.ErrNotCached) {
+			return m, err
+		}
+	}
+	wasm, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(wasm)
+	return rt.Load(wasm, hex.EncodeToString(sum[:]))
 }
