@@ -13,6 +13,9 @@ type Desired struct {
 	Node       string     `json:"node"`
 	Generation int64      `json:"generation"`
 	Cells      []CellSpec `json:"cells"`
+	// Streams are the node's durable streams (in addition to those of its
+	// local config, which win on a name clash).
+	Streams []StreamSpec `json:"streams,omitempty"`
 }
 
 // CellSpec is one cell as the console wants it run.
@@ -25,11 +28,14 @@ type CellSpec struct {
 	Limits  CellLimits `json:"limits"`
 }
 
-// Input feeds a cell: records whose MQTT topic matches one of Topics (MQTT
-// filters on the agent's sensor broker) arrive as batches named Name.
+// Input feeds a cell batches named Name: either from a durable stream on the
+// node (Stream; read through the cursor "cell.{id}.{name}", committed after
+// the cell handled each batch: at-least-once), or straight from the sensor
+// broker (Topics, MQTT filters; in memory, lost on a restart).
 type Input struct {
 	Name   string   `json:"name"`
-	Topics []string `json:"topics"`
+	Topics []string `json:"topics,omitempty"`
+	Stream string   `json:"stream,omitempty"`
 }
 
 // CellLimits bound one cell; zero values take the agent's defaults.
@@ -51,10 +57,11 @@ const (
 
 // Actual is published on nodes/{node}/actual: what the agent runs.
 type Actual struct {
-	Node       string       `json:"node"`
-	Generation int64        `json:"generation"`
-	Time       time.Time    `json:"time"`
-	Cells      []CellStatus `json:"cells"`
+	Node       string         `json:"node"`
+	Generation int64          `json:"generation"`
+	Time       time.Time      `json:"time"`
+	Cells      []CellStatus   `json:"cells"`
+	Streams    []StreamStatus `json:"streams,omitempty"`
 }
 
 // CellStatus is one cell's state, counters and recent events on a node.
@@ -110,8 +117,17 @@ func (c *CellSpec) Validate() error {
 		return invalid("cell %s: at most 16 inputs and 16 outputs", c.ID)
 	}
 	for _, in := range c.Inputs {
-		if in.Name == "" || len(in.Topics) == 0 || len(in.Topics) > 16 {
-			return invalid("cell %s: input %q needs a name and 1-16 topic filters", c.ID, in.Name)
+		switch {
+		case in.Name == "":
+			return invalid("cell %s: an input needs a name", c.ID)
+		case in.Stream != "" && len(in.Topics) > 0:
+			return invalid("cell %s: input %q names a stream and topics; use one", c.ID, in.Name)
+		case in.Stream != "":
+			if err := ValidateStreamName(in.Stream); err != nil {
+				return invalid("cell %s: input %q: %v", c.ID, in.Name, err)
+			}
+		case len(in.Topics) == 0 || len(in.Topics) > 16:
+			return invalid("cell %s: input %q needs a stream or 1-16 topic filters", c.ID, in.Name)
 		}
 	}
 	for _, o := range c.Outputs {
@@ -139,6 +155,16 @@ func (d *Desired) Validate(node string) error {
 			return fmt.Errorf("%w: cell %s listed twice", ErrInvalid, d.Cells[i].ID)
 		}
 		seen[d.Cells[i].ID] = true
+	}
+	names := map[string]bool{}
+	for i := range d.Streams {
+		if err := d.Streams[i].Validate(); err != nil {
+			return err
+		}
+		if names[d.Streams[i].Name] {
+			return fmt.Errorf("%w: stream %s listed twice", ErrInvalid, d.Streams[i].Name)
+		}
+		names[d.Streams[i].Name] = true
 	}
 	return nil
 }
