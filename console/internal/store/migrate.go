@@ -24,6 +24,9 @@ var migrations = []struct {
 	{"cells: desired cells per node, their latest status, desired generations", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&Cell{}, &NodeDesired{})
 	}},
+	{"streams: reported stream figures per node, spilled segments in the object store", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&NodeStream{}, &StreamSegment{})
+	}},
 }
 
 // SchemaVersion is the number of migrations this build knows.
