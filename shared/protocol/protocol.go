@@ -28,11 +28,27 @@ const (
 	LeafDesired   = "desired"
 	LeafActual    = "actual"
 	LeafEvents    = "events"
+	LeafRequests  = "requests" // console → node: Request (not retained)
+	LeafReplies   = "replies"  // node → console: Reply
 )
 
 // NodeWritable are the leaves a node may publish to under its own subtree.
 // Everything else, its own desired state above all, is the console's to write.
-var NodeWritable = []string{LeafTelemetry, LeafStatus, LeafActual, LeafEvents}
+var NodeWritable = []string{LeafTelemetry, LeafStatus, LeafActual, LeafEvents, LeafReplies}
+
+// NodeReadable are the leaves a node may subscribe to under its own subtree.
+var NodeReadable = []string{LeafDesired, LeafRequests}
+
+// NodeMayRead reports whether node may subscribe to topic (an exact topic,
+// no wildcards).
+func (t Topics) NodeMayRead(node, topic string) bool {
+	for _, leaf := range NodeReadable {
+		if topic == t.Node(node, leaf) {
+			return true
+		}
+	}
+	return false
+}
 
 // NodeMayWrite reports whether node may publish to topic.
 func (t Topics) NodeMayWrite(node, topic string) bool {

@@ -164,3 +164,34 @@ type StreamRecord struct {
 	Headers map[string]string `json:"headers,omitempty"`
 	Payload []byte            `json:"payload"`
 }
+
+// Request is a console → node call on nodes/{node}/requests; the node
+// answers with a Reply of the same ID on nodes/{node}/replies.
+type Request struct {
+	ID     string    `json:"id"`
+	Method string    `json:"method"` // MethodStreamRecords, MethodStreamOffsetAt
+	Stream string    `json:"stream,omitempty"`
+	From   uint64    `json:"from,omitempty"`
+	Limit  int       `json:"limit,omitempty"`
+	Time   time.Time `json:"time,omitempty"`
+}
+
+// Request methods.
+const (
+	MethodStreamRecords  = "stream.records"   // records from From, at most Limit
+	MethodStreamOffsetAt = "stream.offset_at" // first local offset at or after Time
+)
+
+// MaxReplyBytes bounds one reply; the node returns fewer records (and Next
+// says where to continue) rather than exceed it.
+const MaxReplyBytes = 192 << 10
+
+// Reply answers a Request.
+type Reply struct {
+	ID      string         `json:"id"`
+	Error   string         `json:"error,omitempty"`
+	Code    int            `json:"code,omitempty"` // HTTP-like status for the error (404 no stream, 410 not local, 400 bad request)
+	Records []StreamRecord `json:"records,omitempty"`
+	Next    uint64         `json:"next,omitempty"`
+	Offset  uint64         `json:"offset,omitempty"`
+}

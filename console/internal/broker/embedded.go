@@ -127,8 +127,8 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	return true
 }
 
-// OnACLCheck lets a node write only under its own subtree and read only
-// its own desired state.
+// OnACLCheck lets a node write only its own writable leaves and read only
+// its own desired state and requests.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	node := string(cl.Properties.Username)
 	t := h.e.cfg.Topics
@@ -136,7 +136,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if write {
 		ok = t.NodeMayWrite(node, topic)
 	} else {
-		ok = topic == t.Node(node, protocol.LeafDesired)
+		ok = t.NodeMayRead(node, topic)
 	}
 	if !ok {
 		h.e.cfg.Refused(metrics.RejectTopicDenied)

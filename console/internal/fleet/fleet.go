@@ -41,6 +41,9 @@ type Config struct {
 	// CredentialsChanged is called after a node enrolls (to rewrite an
 	// external broker's password file).
 	CredentialsChanged func(ctx context.Context) error
+	// Replies receives a node's answers to console requests (nodes/{node}/replies);
+	// nil drops them.
+	Replies func(node string, payload []byte)
 }
 
 // Service implements the fleet's operations.

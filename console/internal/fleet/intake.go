@@ -40,6 +40,15 @@ func (s *Service) Sink(ctx context.Context, topic string, payload []byte) error 
 		return s.status(ctx, n, payload)
 	case protocol.LeafActual:
 		return s.actual(ctx, n, payload)
+	case protocol.LeafReplies:
+		if len(payload) > protocol.MaxReplyBytes*2 {
+			s.m.Reject(metrics.RejectReplyInvalid)
+			return fmt.Errorf("%w: reply of %d bytes", ErrInvalid, len(payload))
+		}
+		if s.cfg.Replies != nil {
+			s.cfg.Replies(node, payload)
+		}
+		return nil
 	case protocol.LeafEvents:
 		// Events have no consumer yet; they prove the node is alive.
 		return s.seen(ctx, n, nil)
@@ -209,6 +218,22 @@ func (s *Service) actual(ctx context.Context, n *store.Node, payload []byte) err
 			s.log.Debug("statuses of unknown cells ignored", "node", n.Name, "count", unknown)
 		}
 	}
-	s.log.Debug("actual state received", "node", n.Name, "generation", a.Generation, "cells", len(a.Cells))
+	if len(a.Streams) > 64 {
+		return refuse("too many streams", fmt.Errorf("%d streams", len(a.Streams)))
+	}
+	rows := make([]store.NodeStream, 0, len(a.Streams))
+	for i := range a.Streams {
+		st := &a.Streams[i]
+		if err := protocol.ValidateStreamName(st.Name); err != nil {
+			return refuse("bad stream name", err)
+		}
+		b, _ := json.Marshal(st)
+		rows = append(rows, store.NodeStream{Node: n.Name, Name: st.Name, StatusJSON: string(b), StatusUS: s.now().UnixMicro()})
+	}
+	if err := s.store.SaveNodeStreams(ctx, n.Name, rows); err != nil {
+		s.log.Error("stream figures not stored", "node", n.Name, "err", err)
+		return fmt.Errorf("%w: %v", broker.ErrRetry, err)
+	}
+	s.log.Debug("actual state received", "node", n.Name, "generation", a.Generation, "cells", len(a.Cells), "streams", len(a.Streams))
 	return s.seen(ctx, n, nil)
 }

@@ -14,6 +14,7 @@ const (
 	RejectTelemetryInvalid   = "telemetry_invalid"
 	RejectStatusInvalid      = "status_invalid"
 	RejectActualInvalid      = "actual_invalid"
+	RejectReplyInvalid       = "reply_invalid"
 	RejectUnknownNode        = "unknown_node"
 	RejectUnknownTopic       = "unknown_topic"
 	RejectTopicDenied        = "topic_denied"
