@@ -27,11 +27,15 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./edge-agent/internal/cells/
 	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) ./shared/wasmcheck/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBatch$$' -fuzztime $(FUZZTIME) ./shared/cellsdk/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./shared/segment/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) ./edge-agent/internal/streams/
 
 test-short:
 	$(GO) test -short -count=1 ./...
 
+# Benchmarks with their peers (nats-server is a peer of the ingest benchmark).
 bench:
+	command -v nats-server >/dev/null || $(GO) install github.com/nats-io/nats-server/v2@v2.15.2
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 vet:

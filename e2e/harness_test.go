@@ -69,11 +69,12 @@ type consoleEnv struct {
 	mosq     *testenv.Mosquitto
 	proc     *testenv.Process
 	url      string
+	extra    []string // more serve flags
 }
 
-func newConsole(t *testing.T, be backend) *consoleEnv {
+func newConsole(t *testing.T, be backend, extra ...string) *consoleEnv {
 	t.Helper()
-	c := &consoleEnv{t: t, be: be, data: t.TempDir(), httpPort: testenv.FreePort(t), mqttPort: testenv.FreePort(t)}
+	c := &consoleEnv{t: t, be: be, data: t.TempDir(), httpPort: testenv.FreePort(t), mqttPort: testenv.FreePort(t), extra: extra}
 	c.url = fmt.Sprintf("http://127.0.0.1:%d", c.httpPort)
 	if be.postgres {
 		c.dbURL = testenv.PostgresDB(t)
@@ -97,7 +98,7 @@ func (c *consoleEnv) args() []string {
 	} else {
 		a = append(a, "--mqtt", fmt.Sprintf("127.0.0.1:%d", c.mqttPort))
 	}
-	return a
+	return append(a, c.extra...)
 }
 
 func (c *consoleEnv) start() {

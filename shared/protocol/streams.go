@@ -16,23 +16,23 @@ const (
 // the MQTT topic filters Topics on the node's ingestion broker. Zero values
 // take the agent's defaults (docs/streams.md).
 type StreamSpec struct {
-	Name   string   `json:"name"`
-	Topics []string `json:"topics"`
+	Name   string   `json:"name" yaml:"name"`
+	Topics []string `json:"topics" yaml:"topics"`
 	// SegmentBytes is the size at which the local log starts a new segment
 	// and, with Spill, the size of a spilled segment.
-	SegmentBytes int64 `json:"segment_bytes,omitempty"`
+	SegmentBytes int64 `json:"segment_bytes,omitempty" yaml:"segment_bytes"`
 	// QuotaBytes is a hard cap on the stream's local disk use.
-	QuotaBytes int64 `json:"quota_bytes,omitempty"`
+	QuotaBytes int64 `json:"quota_bytes,omitempty" yaml:"quota_bytes"`
 	// RetentionSeconds and RetentionBytes bound how long and how much the node
 	// keeps locally. With Spill, only records already in the object store are
 	// removed by retention; without it, retention removes any record.
-	RetentionSeconds int64  `json:"retention_seconds,omitempty"`
-	RetentionBytes   int64  `json:"retention_bytes,omitempty"`
-	OnFull           string `json:"on_full,omitempty"` // OnFullReject (default) or OnFullDropOldest
-	Spill            bool   `json:"spill,omitempty"`
+	RetentionSeconds int64  `json:"retention_seconds,omitempty" yaml:"retention_seconds"`
+	RetentionBytes   int64  `json:"retention_bytes,omitempty" yaml:"retention_bytes"`
+	OnFull           string `json:"on_full,omitempty" yaml:"on_full"` // OnFullReject (default) or OnFullDropOldest
+	Spill            bool   `json:"spill,omitempty" yaml:"spill"`
 	// SealSeconds seals a segment for spilling once its oldest record is this
 	// old even if it is not full, so a slow stream still reaches the cloud.
-	SealSeconds int64 `json:"seal_seconds,omitempty"`
+	SealSeconds int64 `json:"seal_seconds,omitempty" yaml:"seal_seconds"`
 }
 
 var streamNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$`)

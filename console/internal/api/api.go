@@ -23,7 +23,9 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/fleet"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/modules"
+	"github.com/cloudskin/cloudskin/console/internal/rpc"
 	"github.com/cloudskin/cloudskin/console/internal/store"
+	"github.com/cloudskin/cloudskin/console/internal/tier"
 )
 
 // MaxBodyBytes bounds every request body.
@@ -35,6 +37,9 @@ type Server struct {
 	Fleet   *fleet.Service
 	Modules *modules.Service
 	Cells   *cells.Service
+	Tier    *tier.Service // streams' cloud tier (segments); nil answers 503
+	// RPC asks nodes for what only they hold (stream records).
+	RPC     *rpc.Caller
 	Tokens  *auth.Tokens
 	Metrics *metrics.Metrics
 	Log     *slog.Logger
@@ -79,6 +84,13 @@ func (s *Server) Handler() *echo.Echo {
 	v1.GET("/cells/:id", s.getCell, s.userAuth)
 	v1.GET("/cells/:id/events", s.cellEvents, s.userAuth)
 	v1.DELETE("/cells/:id", s.deleteCell, s.userAuth, s.requireRole(cellWriteRoles...))
+	// Streams' cloud tier (segments)
+	v1.POST("/nodes/:name/streams/:stream/segments", s.requestSegment, s.nodeAuth)
+	v1.POST("/nodes/:name/streams/:stream/segments/:id/commit", s.commitSegment, s.nodeAuth)
+	v1.GET("/nodes/:name/streams/:stream/segments", s.listSegments, s.userOrNodeAuth(segmentReadRoles...))
+	v1.GET("/nodes/:name/streams/:stream/segments/:id/blob", s.segmentBlob, s.userOrNodeAuth(segmentReadRoles...))
+	e.PUT(segmentBlobRoute, s.putSegmentBlob) // the signed URL is the credential
+	s.registerStreams(v1)
 	return e
 }
 

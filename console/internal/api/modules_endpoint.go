@@ -25,11 +25,13 @@ const uploadRoute = "/api/v1/modules"
 // server's ReadTimeout (a minute) suits JSON bodies, not 32 MiB on a slow link.
 const uploadTimeout = 10 * time.Minute
 
-// skipGlobalBodyLimit exempts the upload route from the global body limit:
-// the modules service reads at most modules.MaxSize itself. Echo has
-// matched the route before global middleware runs, so c.Path() is known.
+// skipGlobalBodyLimit exempts the upload routes from the global body limit:
+// the modules service reads at most modules.MaxSize itself, the tier at most
+// a segment's declared size. Echo has matched the route before global
+// middleware runs, so c.Path() is known.
 func skipGlobalBodyLimit(c echo.Context) bool {
-	return c.Request().Method == http.MethodPost && c.Path() == uploadRoute
+	return c.Request().Method == http.MethodPost && c.Path() == uploadRoute ||
+		c.Request().Method == http.MethodPut && c.Path() == segmentBlobRoute
 }
 
 // uploadModule takes the raw module as application/wasm, with an optional

@@ -190,7 +190,7 @@ func (s *Service) Events(ctx context.Context, id string) ([]protocol.CellEvent, 
 func (s *Service) Republish(ctx context.Context, node string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	gen, rows, err := s.store.DesiredState(ctx, node)
+	gen, rows, decls, err := s.store.DesiredState(ctx, node)
 	if err != nil {
 		return err
 	}
@@ -202,6 +202,13 @@ func (s *Service) Republish(ctx context.Context, node string) error {
 		}
 		d.Cells = append(d.Cells, spec)
 	}
+	for _, r := range decls {
+		var spec protocol.StreamSpec
+		if err := json.Unmarshal([]byte(r.Spec), &spec); err != nil {
+			return fmt.Errorf("stream %s: stored spec is unreadable: %w", r.Name, err)
+		}
+		d.Streams = append(d.Streams, spec)
+	}
 	payload, err := json.Marshal(&d)
 	if err != nil {
 		return err
@@ -210,7 +217,7 @@ func (s *Service) Republish(ctx context.Context, node string) error {
 		s.log.Error("desired state not published", "node", node, "generation", gen, "err", err)
 		return fmt.Errorf("node %s generation %d: %w: %v", node, gen, ErrUnpublished, err)
 	}
-	s.log.Info("desired state published", "node", node, "generation", gen, "cells", len(d.Cells))
+	s.log.Info("desired state published", "node", node, "generation", gen, "cells", len(d.Cells), "streams", len(d.Streams))
 	return nil
 }
 
@@ -229,6 +236,37 @@ func (s *Service) RepublishAll(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// PutStream declares (or changes) a stream on node and publishes the node's
+// new desired state.
+func (s *Service) PutStream(ctx context.Context, node string, spec protocol.StreamSpec, by string) error {
+	if err := protocol.ValidateNodeName(node); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := spec.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if _, err := s.store.NodeByName(ctx, node); err != nil {
+		return err
+	}
+	b, _ := json.Marshal(spec)
+	if err := s.store.PutStreamDecl(ctx, &store.StreamDecl{Node: node, Name: spec.Name, Spec: string(b), CreatedBy: by}); err != nil {
+		return err
+	}
+	return s.Republish(ctx, node)
+}
+
+// DeleteStream removes a stream declaration from node (the node keeps the
+// records it holds) and publishes its new desired state.
+func (s *Service) DeleteStream(ctx context.Context, node, name string) error {
+	if err := s.store.DeleteStreamDecl(ctx, node, name); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("node %s declares no stream %s: %w", node, name, store.ErrNotFound)
+		}
+		return err
+	}
+	return s.Republish(ctx, node)
 }
 
 func validID(id string) error {

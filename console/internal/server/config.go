@@ -15,15 +15,26 @@ import (
 
 // Config is the console's configuration (flags, CLOUDSKIN_* env, YAML).
 type Config struct {
-	Data             string        `yaml:"data"`
-	HTTP             string        `yaml:"http"`
-	MQTT             string        `yaml:"mqtt"`
-	DB               string        `yaml:"db"`
-	Broker           string        `yaml:"broker"`
-	BrokerPublic     string        `yaml:"broker_public"`
-	TopicPrefix      string        `yaml:"topic_prefix"`
-	JWTTTL           time.Duration `yaml:"jwt_ttl"`
-	Retention        time.Duration `yaml:"telemetry_retention"`
+	Data         string        `yaml:"data"`
+	HTTP         string        `yaml:"http"`
+	MQTT         string        `yaml:"mqtt"`
+	DB           string        `yaml:"db"`
+	Broker       string        `yaml:"broker"`
+	BrokerPublic string        `yaml:"broker_public"`
+	TopicPrefix  string        `yaml:"topic_prefix"`
+	JWTTTL       time.Duration `yaml:"jwt_ttl"`
+	Retention    time.Duration `yaml:"telemetry_retention"`
+	// NodeRequestTimeout bounds how long the console waits for a node to
+	// answer (reading a stream's local records).
+	NodeRequestTimeout time.Duration `yaml:"node_request_timeout"`
+	// S3 holds the streams' spilled segments when S3Endpoint is set; else
+	// they go to the console's own object store (files in the data dir).
+	S3Endpoint       string        `yaml:"s3_endpoint"`
+	S3Bucket         string        `yaml:"s3_bucket"`
+	S3AccessKey      string        `yaml:"s3_access_key"`
+	S3SecretKey      string        `yaml:"s3_secret_key"`
+	S3Region         string        `yaml:"s3_region"`
+	S3TLS            bool          `yaml:"s3_tls"`
 	DefaultHeartbeat time.Duration `yaml:"default_heartbeat"`
 	MissedHeartbeats int           `yaml:"missed_heartbeats"`
 	MosquittoDir     string        `yaml:"mosquitto_dir"`
@@ -34,15 +45,16 @@ type Config struct {
 // DefaultConfig is what `cloudskin-console serve` uses with no flags.
 func DefaultConfig() Config {
 	return Config{
-		Data:             "./data/console",
-		HTTP:             ":8080",
-		MQTT:             ":1883",
-		TopicPrefix:      protocol.DefaultPrefix,
-		JWTTTL:           12 * time.Hour,
-		Retention:        7 * 24 * time.Hour,
-		DefaultHeartbeat: 5 * time.Second,
-		MissedHeartbeats: 3,
-		LogLevel:         "info",
+		Data:               "./data/console",
+		HTTP:               ":8080",
+		MQTT:               ":1883",
+		TopicPrefix:        protocol.DefaultPrefix,
+		JWTTTL:             12 * time.Hour,
+		NodeRequestTimeout: 10 * time.Second,
+		Retention:          7 * 24 * time.Hour,
+		DefaultHeartbeat:   5 * time.Second,
+		MissedHeartbeats:   3,
+		LogLevel:           "info",
 	}
 }
 
@@ -56,6 +68,13 @@ func (c *Config) Define(fs *flag.FlagSet) {
 	fs.StringVar(&c.BrokerPublic, "broker-public", c.BrokerPublic, "broker URL agents are told at enrollment (default: derived from --mqtt or --broker)")
 	fs.StringVar(&c.TopicPrefix, "topic-prefix", c.TopicPrefix, "MQTT topic prefix")
 	fs.DurationVar(&c.JWTTTL, "jwt-ttl", c.JWTTTL, "lifetime of an API login token")
+	fs.StringVar(&c.S3Endpoint, "s3-endpoint", c.S3Endpoint, "S3-compatible store (host:port) for streams' spilled segments; empty: the console's data dir")
+	fs.StringVar(&c.S3Bucket, "s3-bucket", c.S3Bucket, "S3 bucket")
+	fs.StringVar(&c.S3AccessKey, "s3-access-key", c.S3AccessKey, "S3 access key")
+	fs.StringVar(&c.S3SecretKey, "s3-secret-key", c.S3SecretKey, "S3 secret key (prefer CLOUDSKIN_S3_SECRET_KEY)")
+	fs.StringVar(&c.S3Region, "s3-region", c.S3Region, "S3 region (default us-east-1)")
+	fs.BoolVar(&c.S3TLS, "s3-tls", c.S3TLS, "use https to reach S3")
+	fs.DurationVar(&c.NodeRequestTimeout, "node-request-timeout", c.NodeRequestTimeout, "how long to wait for a node to answer a request (stream records it holds)")
 	fs.DurationVar(&c.Retention, "telemetry-retention", c.Retention, "how long telemetry is kept")
 	fs.DurationVar(&c.DefaultHeartbeat, "default-heartbeat", c.DefaultHeartbeat, "heartbeat assumed for nodes that do not state theirs")
 	fs.IntVar(&c.MissedHeartbeats, "missed-heartbeats", c.MissedHeartbeats, "missed heartbeats before a node is offline")
@@ -82,6 +101,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Broker == "" && (c.MosquittoDir != "" || c.MosquittoPidfile != "") {
 		errs = append(errs, errors.New("mosquitto-dir/mosquitto-pidfile: only meaningful with --broker"))
+	}
+	if c.NodeRequestTimeout < 100*time.Millisecond || c.NodeRequestTimeout > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("node-request-timeout: %s must be between 100ms and 5m", c.NodeRequestTimeout))
 	}
 	if c.JWTTTL < time.Minute || c.JWTTTL > 30*24*time.Hour {
 		errs = append(errs, fmt.Errorf("jwt-ttl: %s must be between 1m and 720h", c.JWTTTL))

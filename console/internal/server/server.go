@@ -21,7 +21,9 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/modules"
 	"github.com/cloudskin/cloudskin/console/internal/objects"
+	"github.com/cloudskin/cloudskin/console/internal/rpc"
 	"github.com/cloudskin/cloudskin/console/internal/store"
+	"github.com/cloudskin/cloudskin/console/internal/tier"
 	"github.com/cloudskin/cloudskin/shared/protocol"
 )
 
@@ -29,6 +31,7 @@ import (
 const (
 	settingJWTSecret      = "jwt_secret"
 	settingBrokerPassword = "mqtt_console_password"
+	settingBlobSecret     = "tier_blob_secret"
 	// InitialPasswordFile holds a generated admin password, readable only
 	// by the console's user, until the operator deletes it.
 	InitialPasswordFile = "initial-admin-password"
@@ -63,6 +66,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		MissedHeartbeats: cfg.MissedHeartbeats, Retention: cfg.Retention,
 	}
 	var fl *fleet.Service
+	var caller *rpc.Caller
+	fcfg.Replies = func(node string, payload []byte) { caller.Deliver(node, payload) }
 	sink := func(ctx context.Context, topic string, payload []byte) error { return fl.Sink(ctx, topic, payload) }
 	var bus broker.Bus
 	if cfg.Broker == "" {
@@ -85,11 +90,23 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		})
 	}
 	fl = fleet.New(fcfg, st, m, log)
+	caller = rpc.New(bus.Publish, topics, cfg.NodeRequestTimeout, log)
 	objs, err := objects.NewFS(filepath.Join(cfg.Data, "objects"))
 	if err != nil {
 		return err
 	}
 	mods := modules.New(st, objs, log)
+	blobSecret, err := st.Setting(ctx, settingBlobSecret, func() (string, error) { return auth.NewSecret(32), nil })
+	if err != nil {
+		return fmt.Errorf("blob secret: %w", err)
+	}
+	tr, err := tier.New(tier.Config{
+		S3Endpoint: cfg.S3Endpoint, S3Bucket: cfg.S3Bucket, S3AccessKey: cfg.S3AccessKey, S3SecretKey: cfg.S3SecretKey,
+		S3Region: cfg.S3Region, S3UseTLS: cfg.S3TLS, BlobSecret: []byte(blobSecret),
+	}, st, objs, m.Registry, log)
+	if err != nil {
+		return fmt.Errorf("streams' cloud tier: %w", err)
+	}
 	cs := cells.New(topics, st, bus, log)
 
 	ln, err := net.Listen("tcp", cfg.HTTP)
@@ -113,7 +130,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	a := &api.Server{
-		Store: st, Fleet: fl, Modules: mods, Cells: cs, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
+		Store: st, Fleet: fl, Modules: mods, Cells: cs, RPC: caller, Tier: tr, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
 		Ready: func(ctx context.Context) error {
 			if err := st.Ping(ctx); err != nil {
 				return fmt.Errorf("database: %w", err)

@@ -73,21 +73,25 @@ func (s *Store) ListCells(ctx context.Context, node string) ([]Cell, error) {
 	return cs, err
 }
 
-// DesiredState reads a node's generation and cells (by id) in one
-// transaction, so the two agree. Generation is 0 for a node that never had
-// a desired state.
-func (s *Store) DesiredState(ctx context.Context, node string) (int64, []Cell, error) {
+// DesiredState reads a node's generation, cells (by id) and declared
+// streams (by name) in one transaction, so they agree. Generation is 0 for a
+// node that never had a desired state.
+func (s *Store) DesiredState(ctx context.Context, node string) (int64, []Cell, []StreamDecl, error) {
 	var gen int64
 	var cs []Cell
+	var ds []StreamDecl
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		var d NodeDesired
 		if err := tx.Where("node = ?", node).Limit(1).Find(&d).Error; err != nil {
 			return err
 		}
 		gen = d.Generation
-		return tx.Where("node = ?", node).Order("id").Find(&cs).Error
+		if err := tx.Where("node = ?", node).Order("id").Find(&cs).Error; err != nil {
+			return err
+		}
+		return tx.Where("node = ?", node).Order("name").Find(&ds).Error
 	})
-	return gen, cs, err
+	return gen, cs, ds, err
 }
 
 // NodesWithDesired lists the nodes that have had a desired state.

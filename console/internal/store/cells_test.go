@@ -13,7 +13,7 @@ func TestCells(t *testing.T) {
 		ctx := context.Background()
 		gen := func(node string) int64 {
 			t.Helper()
-			g, _, err := s.DesiredState(ctx, node)
+			g, _, _, err := s.DesiredState(ctx, node)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -35,7 +35,7 @@ func TestCells(t *testing.T) {
 		if err := s.CreateCell(ctx, &Cell{ID: "a", Node: "edge-2", Module: digest, Spec: "{}"}); !errors.Is(err, ErrConflict) {
 			t.Fatalf("same id on another node: %v, want ErrConflict", err)
 		}
-		g, cs, err := s.DesiredState(ctx, "edge-1")
+		g, cs, _, err := s.DesiredState(ctx, "edge-1")
 		if err != nil || g != 2 || len(cs) != 2 || cs[0].ID != "a" || cs[1].ID != "b" {
 			t.Fatalf("desired edge-1: generation %d cells %+v (%v), want 2 and [a b]", g, cs, err)
 		}
@@ -72,7 +72,7 @@ func TestCells(t *testing.T) {
 			t.Fatalf("deleted cell read back: %v", err)
 		}
 		s.DeleteCell(ctx, "b")
-		if g, cs, _ := s.DesiredState(ctx, "edge-1"); g != 4 || len(cs) != 0 {
+		if g, cs, _, _ := s.DesiredState(ctx, "edge-1"); g != 4 || len(cs) != 0 {
 			t.Fatalf("after deleting both: generation %d cells %d, want 4 and none", g, len(cs))
 		}
 		// A node whose cells are all gone still has a desired state to restore.

@@ -24,8 +24,8 @@ var migrations = []struct {
 	{"cells: desired cells per node, their latest status, desired generations", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&Cell{}, &NodeDesired{})
 	}},
-	{"streams: reported stream figures per node, spilled segments in the object store", func(tx *gorm.DB) error {
-		return tx.AutoMigrate(&NodeStream{}, &StreamSegment{})
+	{"streams: declared streams, reported stream figures per node, spilled segments in the object store", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&StreamDecl{}, &NodeStream{}, &StreamSegment{})
 	}},
 }
 

@@ -41,6 +41,46 @@ type StreamSegment struct {
 	CommittedAt *time.Time
 }
 
+// StreamDecl is a stream the console declares on a node: Spec is the
+// protocol.StreamSpec as JSON, listed in the node's desired state.
+type StreamDecl struct {
+	Node      string `gorm:"primaryKey;size:63"`
+	Name      string `gorm:"primaryKey;size:63"`
+	Spec      string `gorm:"type:text;not null"`
+	CreatedBy string `gorm:"size:64"`
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// PutStreamDecl creates or replaces a stream declaration and bumps the
+// node's desired generation, in one transaction.
+func (s *Store) PutStreamDecl(ctx context.Context, d *StreamDecl) error {
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Clauses(clause.OnConflict{
+			Columns:   []clause.Column{{Name: "node"}, {Name: "name"}},
+			DoUpdates: clause.AssignmentColumns([]string{"spec", "updated_at"}),
+		}).Create(d).Error; err != nil {
+			return err
+		}
+		return bumpGeneration(tx, d.Node)
+	})
+}
+
+// DeleteStreamDecl removes a declaration (the node keeps the data it has)
+// and bumps the node's desired generation; ErrNotFound if there is none.
+func (s *Store) DeleteStreamDecl(ctx context.Context, node, name string) error {
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		res := tx.Where("node = ? AND name = ?", node, name).Delete(&StreamDecl{})
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			return ErrNotFound
+		}
+		return bumpGeneration(tx, node)
+	})
+}
+
 // SaveNodeStreams replaces the stored status of each stream a node reported.
 // Streams it no longer reports are removed.
 func (s *Store) SaveNodeStreams(ctx context.Context, node string, rows []NodeStream) error {

@@ -35,6 +35,7 @@ type Agent struct {
 	outbox  *journal.Journal
 	sampler *telemetry.Sampler
 	cells   *cellManager
+	streams *streamManager
 	// epoch counts MQTT connections; a publish is trusted only if the
 	// connection it was sent on is still the current one when it completes
 	// (paho can complete a token with a nil error across a reconnect).
@@ -89,17 +90,25 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 	a.updateOutboxGauges()
 	a.sampler = telemetry.NewSampler(telemetry.Config{DataDir: cfg.Data, PowerIdleW: cfg.PowerIdleW, PowerMaxW: cfg.PowerMaxW})
 
+	if a.streams, err = newStreamManager(a, cfg.Streams); err != nil {
+		return err
+	}
+	defer a.streams.close()
+	a.streams.spill = newSpillClient(a)
+	a.m.registry.MustRegister(streamCollector{a.streams})
 	if a.cells, err = newCellManager(a, nil); err != nil {
 		return err
 	}
-	if cfg.Sensors != "" {
-		sb, err := startSensorBroker(cfg.Sensors, a.log, a.cells.dispatch)
-		if err != nil {
-			return err
-		}
-		defer sb.close()
-		a.cells.publish = sb.publish
+	a.cells.streams = a.streams
+	// The streams of the desired state the node had when it stopped.
+	if err := a.streams.apply(a.cells.desiredStreams()); err != nil {
+		a.log.Error("streams not all open", "err", err)
 	}
+	stopIngest, err := a.startIngest()
+	if err != nil {
+		return err
+	}
+	defer stopIngest()
 
 	a.connect()
 	defer a.disconnect()
@@ -135,6 +144,7 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.m.registry, promhttp.HandlerOpts{}))
+	a.registerStreamAPI(mux)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{
@@ -185,6 +195,9 @@ func (a *Agent) connect() {
 		c.Publish(statusTopic, 1, true, a.status(protocol.StateOnline))
 		c.Subscribe(a.topics.Node(a.cfg.Name, protocol.LeafDesired), 1, func(_ paho.Client, m paho.Message) {
 			a.cells.setDesired(m.Payload())
+		})
+		c.Subscribe(a.topics.Node(a.cfg.Name, protocol.LeafRequests), 1, func(_ paho.Client, m paho.Message) {
+			go a.serveRequest(m.Payload())
 		})
 		a.wake()
 	})

@@ -30,6 +30,7 @@ type cellManager struct {
 	log     *slog.Logger
 	dataDir string
 	publish func(topic string, payload []byte) // local sensor broker: cell outputs
+	streams *streamManager                     // durable inputs; nil in tests without streams
 
 	mu      sync.Mutex
 	desired protocol.Desired
@@ -51,6 +52,8 @@ type runningCell struct {
 	retryAt  time.Time
 	queue    chan inputRecord
 	done     chan struct{}
+	readers  chan struct{} // closed to stop the stream readers
+	readWG   sync.WaitGroup
 	offsets  map[string]uint64
 	outputs  []protocol.Output
 	lastStat cells.Stats
@@ -112,8 +115,20 @@ func (m *cellManager) setDesired(payload []byte) {
 	if err := writeFileAtomic(filepath.Join(m.dataDir, desiredFile), d, 0o600); err != nil {
 		m.log.Error("desired state not persisted", "err", err)
 	}
+	if m.streams != nil {
+		if err := m.streams.apply(d.Streams); err != nil {
+			m.log.Error("streams of the desired state not all open", "err", err)
+		}
+	}
 	m.log.Info("desired state received", "generation", d.Generation, "cells", len(d.Cells))
 	m.kick()
+}
+
+// desiredStreams returns the streams of the current desired state.
+func (m *cellManager) desiredStreams() []protocol.StreamSpec {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.desired.Streams)
 }
 
 func (m *cellManager) kick() {
@@ -228,6 +243,7 @@ func (m *cellManager) startCell(ctx context.Context, rc *runningCell) {
 	rc.queue, rc.done = make(chan inputRecord, cellQueue), make(chan struct{})
 	m.mu.Unlock()
 	go m.work(rc, cell, rc.queue, rc.done)
+	m.startReaders(rc, cell)
 	m.log.Info("cell started", "cell", id, "module", rc.spec.Module[:12], "restarts", rc.restarts)
 }
 
@@ -307,8 +323,19 @@ func (m *cellManager) handle(rc *runningCell, cell *cells.Cell, input string, ba
 		m.log.Debug("cell handler error", "cell", rc.spec.ID, "err", err)
 		return true
 	}
+	m.died(rc, cell, err)
+	return false
+}
+
+// died records that a cell stopped by itself (trap, fuel, deadline) and
+// schedules its restart with backoff.
+func (m *cellManager) died(rc *runningCell, cell *cells.Cell, err error) {
 	m.log.Warn("cell stopped", "cell", rc.spec.ID, "err", err)
 	m.mu.Lock()
+	if rc.readers != nil {
+		close(rc.readers)
+		rc.readers = nil
+	}
 	if rc.cell == cell {
 		rc.lastStat = cell.Stats()
 		rc.cell, rc.queue, rc.done = nil, nil, nil
@@ -322,10 +349,10 @@ func (m *cellManager) handle(rc *runningCell, cell *cells.Cell, input string, ba
 	m.mu.Unlock()
 	go cell.Close()
 	m.kick()
-	return false
 }
 
 func (m *cellManager) stopCell(rc *runningCell, why string) {
+	m.stopReaders(rc)
 	m.mu.Lock()
 	cell, queue, done := rc.cell, rc.queue, rc.done
 	rc.cell, rc.queue = nil, nil
@@ -367,7 +394,7 @@ func (m *cellManager) dispatch(topic string, payload []byte) {
 			continue
 		}
 		for _, in := range rc.spec.Inputs {
-			if !slices.ContainsFunc(in.Topics, func(f string) bool { return topicMatches(f, topic) }) {
+			if in.Stream != "" || !slices.ContainsFunc(in.Topics, func(f string) bool { return topicMatches(f, topic) }) {
 				continue
 			}
 			off := rc.offsets[in.Name]
@@ -400,6 +427,9 @@ func (m *cellManager) actual() protocol.Actual {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := protocol.Actual{Node: m.a.cfg.Name, Generation: m.desired.Generation, Time: time.Now().UTC(), Cells: []protocol.CellStatus{}}
+	if m.streams != nil {
+		out.Streams = m.streams.status()
+	}
 	for _, rc := range m.cells {
 		st := rc.lastStat
 		if rc.cell != nil {

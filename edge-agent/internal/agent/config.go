@@ -3,12 +3,14 @@
 package agent
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cloudskin/cloudskin/shared/config"
@@ -35,21 +37,31 @@ type Config struct {
 	PowerIdleW        float64           `yaml:"power_idle_w"`
 	PowerMaxW         float64           `yaml:"power_max_w"`
 	LogLevel          string            `yaml:"log_level"`
+	// IngestBroker is an existing local MQTT broker (e.g. Mosquitto) the agent
+	// subscribes to for stream topics instead of running its own on Sensors.
+	IngestBroker   string `yaml:"ingest_broker"`
+	IngestClientID string `yaml:"ingest_client_id"`
+	// Streams declared locally, so a node ingests before it ever reaches the
+	// console; they win over desired streams of the same name.
+	Streams             []protocol.StreamSpec `yaml:"streams"`
+	SpillBandwidth      int64                 `yaml:"spill_bandwidth"`
+	RehydrateCacheBytes int64                 `yaml:"rehydrate_cache_bytes"`
 }
 
 // DefaultConfig is what `cloudskin-agent run` uses with no flags.
 func DefaultConfig() Config {
 	return Config{
-		Console:           "http://127.0.0.1:8080",
-		Data:              "./data/agent",
-		TelemetryInterval: 5 * time.Second,
-		Heartbeat:         5 * time.Second,
-		HTTP:              "127.0.0.1:9180",
-		Sensors:           "127.0.0.1:1884",
-		OutboxMaxBytes:    64 << 20,
-		PowerIdleW:        20,
-		PowerMaxW:         60,
-		LogLevel:          "info",
+		Console:             "http://127.0.0.1:8080",
+		Data:                "./data/agent",
+		TelemetryInterval:   5 * time.Second,
+		Heartbeat:           5 * time.Second,
+		HTTP:                "127.0.0.1:9180",
+		Sensors:             "127.0.0.1:1884",
+		OutboxMaxBytes:      64 << 20,
+		PowerIdleW:          20,
+		PowerMaxW:           60,
+		LogLevel:            "info",
+		RehydrateCacheBytes: 64 << 20,
 	}
 }
 
@@ -73,6 +85,11 @@ func (c *Config) Define(fs *flag.FlagSet) {
 	fs.Float64Var(&c.PowerIdleW, "power-idle-w", c.PowerIdleW, "power model: watts at idle (used without RAPL or battery readings)")
 	fs.Float64Var(&c.PowerMaxW, "power-max-w", c.PowerMaxW, "power model: watts at full CPU")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.IngestBroker, "ingest-broker", c.IngestBroker, "existing local MQTT broker (tcp://host:port) to subscribe to for stream topics; empty: the agent's own broker on --sensors")
+	fs.StringVar(&c.IngestClientID, "ingest-client-id", c.IngestClientID, "client id of the persistent session on --ingest-broker (default cloudskin-ingest-<name>)")
+	fs.Var((*streamFlag)(&c.Streams), "stream", "declare a local stream as JSON, e.g. '{\"name\":\"sensors\",\"topics\":[\"sensors/#\"],\"spill\":true}' (repeatable)")
+	fs.Int64Var(&c.SpillBandwidth, "spill-bandwidth", c.SpillBandwidth, "bytes per second the node may use to upload spilled segments; 0: no cap")
+	fs.Int64Var(&c.RehydrateCacheBytes, "rehydrate-cache-bytes", c.RehydrateCacheBytes, "disk cache for spilled segments read back from the object store")
 }
 
 // Validate says which field is wrong and why, and folds lat/lon/power-class
@@ -126,8 +143,50 @@ func (c *Config) Validate() error {
 	if c.OutboxMaxBytes < 1<<20 {
 		errs = append(errs, errors.New("outbox-max-bytes: must be at least 1 MiB"))
 	}
+	if c.IngestBroker != "" {
+		if u, err := url.Parse(c.IngestBroker); err != nil || (u.Scheme != "tcp" && u.Scheme != "mqtt") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("ingest-broker: %q is not a tcp://host:port URL", c.IngestBroker))
+		}
+	}
+	if c.IngestClientID == "" && c.Name != "" {
+		c.IngestClientID = "cloudskin-ingest-" + c.Name
+	}
+	names := map[string]bool{}
+	for i := range c.Streams {
+		if err := c.Streams[i].Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("streams: %w", err))
+		} else if names[c.Streams[i].Name] {
+			errs = append(errs, fmt.Errorf("streams: %s declared twice", c.Streams[i].Name))
+		}
+		names[c.Streams[i].Name] = true
+	}
+	if c.SpillBandwidth < 0 || c.RehydrateCacheBytes < 0 {
+		errs = append(errs, errors.New("spill-bandwidth/rehydrate-cache-bytes: must not be negative"))
+	}
 	if c.PowerIdleW < 0 || c.PowerMaxW < c.PowerIdleW {
 		errs = append(errs, errors.New("power-idle-w/power-max-w: need 0 <= idle <= max"))
 	}
 	return errors.Join(errs...)
+}
+
+// streamFlag parses --stream JSON values.
+type streamFlag []protocol.StreamSpec
+
+func (f *streamFlag) String() string {
+	if f == nil || len(*f) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(*f)
+	return string(b)
+}
+
+func (f *streamFlag) Set(v string) error {
+	var s protocol.StreamSpec
+	dec := json.NewDecoder(strings.NewReader(v))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return fmt.Errorf("stream %q: %w", v, err)
+	}
+	*f = append(*f, s)
+	return nil
 }

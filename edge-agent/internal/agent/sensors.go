@@ -1,51 +1,47 @@
 package agent
 
 import (
-	"fmt"
-	"log/slog"
-
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/cloudskin/cloudskin/edge-agent/internal/ingest"
 )
 
-// sensorBroker is the node's local MQTT broker for sensors: they publish
-// to it, matching messages feed cells, and cells' outputs appear on
-// cells/{cell}/{stream}. It listens on loopback by default; the streams
-// issue makes ingestion durable (WAL-backed) behind it.
-type sensorBroker struct {
-	srv *mqtt.Server
-}
-
-func startSensorBroker(addr string, log *slog.Logger, deliver func(topic string, payload []byte)) (*sensorBroker, error) {
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumPacketSize = 1 << 20
-	srv := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps, Logger: log.With("component", "sensor-broker")})
-	// Sensors on the node's own network segment are trusted; bind to
-	// loopback (the default) or a sensor-only interface.
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		return nil, err
+// startIngest starts the node's ingestion broker: the agent's own (embedded,
+// on --sensors) or a subscription to an existing local broker
+// (--ingest-broker). Either way a message on a stream's topic is
+// acknowledged only once it is durable in that stream, every message feeds
+// cells' in-memory (topics) inputs, and cell outputs are published on it at
+// cells/{cell}/{output}. It returns the function that stops it.
+func (a *Agent) startIngest() (func(), error) {
+	if a.cfg.IngestBroker != "" {
+		x, err := ingest.StartExternal(ingest.ExternalConfig{
+			Broker: a.cfg.IngestBroker, ClientID: a.cfg.IngestClientID, Filters: a.streams.filters(),
+		}, a.streams, a.log)
+		if err != nil {
+			return nil, err
+		}
+		a.streams.onChange(func(f []string) {
+			if err := x.SetFilters(f); err != nil {
+				a.log.Error("ingest subscriptions not updated", "err", err)
+			}
+		})
+		a.cells.publish = func(t string, p []byte) { _ = x.Publish(t, p) }
+		if err := x.Subscribe("#", a.cells.dispatch); err != nil {
+			x.Close()
+			return nil, err
+		}
+		return func() { x.Close() }, nil
 	}
-	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "sensors", Address: addr})); err != nil {
-		return nil, fmt.Errorf("sensor broker listener %s: %w", addr, err)
+	if a.cfg.Sensors == "" {
+		return func() {}, nil
 	}
-	if err := srv.Serve(); err != nil {
-		return nil, fmt.Errorf("sensor broker: %w", err)
-	}
-	err := srv.Subscribe("#", 1, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
-		deliver(pk.TopicName, pk.Payload)
-	})
+	e, err := ingest.StartEmbedded(ingest.EmbeddedConfig{Addr: a.cfg.Sensors}, a.streams, a.log)
 	if err != nil {
-		srv.Close()
 		return nil, err
 	}
-	log.Info("sensor broker listening", "addr", addr)
-	return &sensorBroker{srv: srv}, nil
+	if err := e.Subscribe("#", a.cells.dispatch); err != nil {
+		e.Close()
+		return nil, err
+	}
+	a.cells.publish = func(t string, p []byte) { _ = e.Publish(t, p) }
+	a.log.Info("sensor broker listening", "addr", e.Addr())
+	return func() { e.Close() }, nil
 }
-
-func (b *sensorBroker) publish(topic string, payload []byte) {
-	_ = b.srv.Publish(topic, payload, false, 0)
-}
-
-func (b *sensorBroker) close() { b.srv.Close() }

@@ -1,0 +1,142 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/cloudskin/cloudskin/edge-agent/internal/cells"
+	"github.com/cloudskin/cloudskin/edge-agent/internal/streams"
+)
+
+// Cells read durable inputs through cursors: one per (cell, input), named
+// cursorName(cell, input). A reader hands the cell a batch starting at the
+// cursor and commits the cursor past the batch only once the cell's handler
+// returned (an error result is an event of the cell, the batch counts as
+// delivered); if the cell traps or the agent dies first, the same batch comes
+// again. So delivery is at least once, and a cell sees every record in offset
+// order; a cell that must not count a record twice keeps the highest offset it
+// has applied in its state (records carry their offsets) and skips below it —
+// with the cursor stored in the same snapshot, that makes it effectively once.
+
+const (
+	streamBatchBytes = 512 << 10 // payload bytes per batch (under the default MaxInputBytes)
+	streamIdleWait   = time.Second
+)
+
+func cursorName(cell, input string) string { return "cell." + cell + "." + input }
+
+func (m *cellManager) startReaders(rc *runningCell, cell *cells.Cell) {
+	if m.streams == nil {
+		return
+	}
+	stop := make(chan struct{})
+	m.mu.Lock()
+	rc.readers = stop
+	m.mu.Unlock()
+	for _, in := range rc.spec.Inputs {
+		if in.Stream == "" {
+			continue
+		}
+		rc.readWG.Add(1)
+		go func() {
+			defer rc.readWG.Done()
+			m.readStream(rc, cell, in.Name, in.Stream, stop)
+		}()
+	}
+}
+
+func (m *cellManager) stopReaders(rc *runningCell) {
+	m.mu.Lock()
+	stop := rc.readers
+	rc.readers = nil
+	m.mu.Unlock()
+	if stop != nil {
+		close(stop)
+	}
+	rc.readWG.Wait()
+}
+
+// readStream feeds one durable input to the cell until stop closes or the
+// cell dies.
+func (m *cellManager) readStream(rc *runningCell, cell *cells.Cell, input, stream string, stop chan struct{}) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	cursor := cursorName(rc.spec.ID, input)
+	log := m.log.With("cell", rc.spec.ID, "input", input, "stream", stream)
+	maxBytes := streamBatchBytes
+	if l := rc.spec.Limits.MaxInputBytes; l > 0 {
+		maxBytes = max(l/2, 1)
+	}
+	for ctx.Err() == nil {
+		s, ok := m.streams.get(stream)
+		if !ok {
+			// Declared later, or by another desired state: wait for it.
+			if !sleepCtx(ctx, streamIdleWait) {
+				return
+			}
+			continue
+		}
+		notify := s.Notify()
+		next := s.Cursor(cursor)
+		recs, err := m.streams.readAny(ctx, s, next, cellBatch, maxBytes)
+		if err != nil {
+			if errors.Is(err, streams.ErrClosed) || ctx.Err() != nil {
+				if !sleepCtx(ctx, streamIdleWait) {
+					return
+				}
+				continue
+			}
+			log.Warn("cell input not readable; retrying", "offset", next, "err", err)
+			if !sleepCtx(ctx, 5*time.Second) {
+				return
+			}
+			continue
+		}
+		if len(recs) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-notify:
+			case <-time.After(streamIdleWait):
+			}
+			continue
+		}
+		batch := make([]cells.Record, len(recs))
+		for i, r := range recs {
+			batch[i] = cells.Record{Offset: r.Offset, TimeNS: r.Time.UnixNano(), Topic: r.Topic, Payload: r.Payload}
+		}
+		err = cell.Handle(ctx, input, batch)
+		switch {
+		case err == nil:
+		case errors.Is(err, cells.ErrLimit) && strings.Contains(err.Error(), "MaxInputBytes") && len(batch) > 1:
+			// The batch encodes larger than the cell takes: smaller batches.
+			maxBytes = max(maxBytes/2, 1)
+			continue
+		case cell.Stats().Running:
+			log.Debug("cell handler error", "err", err)
+			if errors.Is(err, cells.ErrLimit) {
+				// A single record the cell can never take: skip it, said aloud.
+				m.mu.Lock()
+				rc.addEvent("record_skipped", err.Error())
+				m.mu.Unlock()
+			}
+		case ctx.Err() != nil:
+			return
+		default:
+			m.died(rc, cell, err) // the restart re-reads this batch: the cursor did not move
+			return
+		}
+		if err := s.CommitCursor(cursor, recs[len(recs)-1].Offset+1); err != nil {
+			log.Warn("cursor not committed; the batch may be delivered again", "err", err)
+		}
+	}
+}
