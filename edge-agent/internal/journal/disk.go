@@ -20,6 +20,25 @@ type segment struct {
 	size  int64
 }
 
+// SegmentInfo is one segment file of a journal directory: the index of its
+// first record and its size in bytes.
+type SegmentInfo struct {
+	Index uint64
+	Size  int64
+}
+
+// ListSegments returns the segment files of a journal directory in index
+// order, without opening the journal. A file removed while listing (a
+// concurrent truncation) is left out.
+func ListSegments(dir string) ([]SegmentInfo, error) {
+	segs, err := listSegments(dir)
+	out := make([]SegmentInfo, len(segs))
+	for i, sg := range segs {
+		out[i] = SegmentInfo{Index: sg.index, Size: sg.size}
+	}
+	return out, err
+}
+
 // listSegments returns the directory's segment files in index order. Like
 // the library, it takes every file named by 20 decimal digits (index > 0).
 func listSegments(dir string) ([]segment, error) {
@@ -38,7 +57,9 @@ func listSegments(dir string) ([]segment, error) {
 			continue
 		}
 		info, err := de.Info()
-		if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		} else if err != nil {
 			return nil, err
 		}
 		segs = append(segs, segment{path: filepath.Join(dir, name), index: index, size: info.Size()})

@@ -3,8 +3,6 @@ package streams
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/cloudskin/cloudskin/edge-agent/internal/journal"
@@ -35,27 +33,13 @@ type segment struct {
 func (s *Stream) segments() ([]segment, error) {
 	s.tmu.Lock()
 	defer s.tmu.Unlock()
-	des, err := os.ReadDir(s.walDir)
+	infos, err := journal.ListSegments(s.walDir)
 	if err != nil {
 		return nil, err
 	}
-	var segs []segment
-	for _, de := range des {
-		name := de.Name()
-		if len(name) != 20 || !de.Type().IsRegular() {
-			continue
-		}
-		index, err := strconv.ParseUint(name, 10, 64)
-		if err != nil || index == 0 {
-			continue
-		}
-		info, err := de.Info()
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		} else if err != nil {
-			return nil, err
-		}
-		segs = append(segs, segment{index: index, size: info.Size()})
+	segs := make([]segment, len(infos))
+	for i, in := range infos {
+		segs[i] = segment{index: in.Index, size: in.Size}
 	}
 	return segs, nil
 }
