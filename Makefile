@@ -21,14 +21,19 @@ test: vet
 	@$(MAKE) --no-print-directory fuzz
 
 # Bounded fuzzing of what parses untrusted input: modules (agent loader and
-# console check), cell batches, topics.
-FUZZTIME ?= 15s
+# console check), cell batches, segments, stream records. Budgets are
+# execution counts (about 15 s each on a 2-core machine), not durations: a
+# duration-based -fuzztime races Go's fuzz coordinator at the deadline and
+# can fail with a bare "context deadline exceeded" and no crasher
+# (golang/go#75804, unfixed in Go 1.26). FUZZSCALE multiplies every budget.
+FUZZSCALE ?= 1
+fuzz = $(GO) test -run '^$$' -fuzz '^$(1)$$' -fuzztime $$(( $(2) * $(FUZZSCALE) ))x $(3)
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./edge-agent/internal/cells/
-	$(GO) test -run '^$$' -fuzz '^FuzzCheck$$' -fuzztime $(FUZZTIME) ./shared/wasmcheck/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeBatch$$' -fuzztime $(FUZZTIME) ./shared/cellsdk/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./shared/segment/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRecord$$' -fuzztime $(FUZZTIME) ./edge-agent/internal/streams/
+	$(call fuzz,FuzzLoad,200000,./edge-agent/internal/cells/)
+	$(call fuzz,FuzzCheck,600000,./shared/wasmcheck/)
+	$(call fuzz,FuzzDecodeBatch,500000,./shared/cellsdk/)
+	$(call fuzz,FuzzDecode,200000,./shared/segment/)
+	$(call fuzz,FuzzDecodeRecord,250000,./edge-agent/internal/streams/)
 
 test-short:
 	$(GO) test -short -count=1 ./...
