@@ -26,6 +26,21 @@ type CellSpec struct {
 	Inputs  []Input    `json:"inputs"`
 	Outputs []string   `json:"outputs,omitempty"`
 	Limits  CellLimits `json:"limits"`
+	// App is the app the cell belongs to ("" for a cell placed by hand).
+	App string `json:"app,omitempty"`
+	// CheckpointSeconds asks the node to checkpoint the cell this often
+	// and upload it to the console (0: no periodic checkpoints). A node
+	// that goes offline restarts its cells elsewhere from the newest one.
+	CheckpointSeconds int `json:"checkpoint_seconds,omitempty"`
+	// Hold (a checkpoint id) asks the node to stop feeding the cell at the
+	// next quiescent point, checkpoint it under that id, upload it and keep
+	// the cell held, undelivered input kept in the checkpoint, until the
+	// spec changes. It is the first half of a migration.
+	Hold string `json:"hold,omitempty"`
+	// Restore (a checkpoint id) starts the cell from that checkpoint
+	// instead of fresh: its memory, globals, cursors and undelivered inbox.
+	// It is the second half of a migration, and a failover.
+	Restore string `json:"restore,omitempty"`
 }
 
 // Input feeds a cell batches named Name: either from a durable stream on the
@@ -53,6 +68,7 @@ const (
 	CellRunning  = "running"
 	CellBackoff  = "backoff" // crashed; restarting after a delay
 	CellFailed   = "failed"  // cannot start (bad module, refused config)
+	CellHeld     = "held"    // checkpointed for a migration; takes no input
 )
 
 // Actual is published on nodes/{node}/actual: what the agent runs.
@@ -83,6 +99,19 @@ type CellStatus struct {
 	LatencyP99US  float64     `json:"latency_p99_us"`
 	Events        []CellEvent `json:"events,omitempty"`
 	RecentOutputs []Output    `json:"recent_outputs,omitempty"`
+	// Checkpoint is the newest checkpoint the node uploaded for the cell.
+	Checkpoint *CheckpointInfo `json:"checkpoint,omitempty"`
+	// RestoredFrom is the checkpoint the running cell was restored from.
+	RestoredFrom string `json:"restored_from,omitempty"`
+}
+
+// CheckpointInfo describes an uploaded checkpoint.
+type CheckpointInfo struct {
+	ID     string    `json:"id"`
+	Seq    uint64    `json:"seq"` // grows along the cell's lineage, across nodes
+	Time   time.Time `json:"time"`
+	Bytes  int64     `json:"bytes"`
+	Reason string    `json:"reason"` // "periodic" | "hold"
 }
 
 // CellEvent is a notable moment in a cell's life (started, trap, fuel…).
@@ -101,6 +130,11 @@ type Output struct {
 
 var cellIDRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 var digestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var checkpointIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$`)
+
+// ValidCheckpointID reports whether id may name a checkpoint (it is used in
+// object keys and URLs).
+func ValidCheckpointID(id string) bool { return checkpointIDRE.MatchString(id) }
 
 // Validate checks a cell spec's shape (the agent checks the module itself).
 func (c *CellSpec) Validate() error {
@@ -133,6 +167,17 @@ func (c *CellSpec) Validate() error {
 	for _, o := range c.Outputs {
 		if o == "" || len(o) > 128 {
 			return invalid("cell %s: output name %q must be 1-128 characters", c.ID, o)
+		}
+	}
+	if c.App != "" && !cellIDRE.MatchString(c.App) {
+		return invalid("cell %s: app %q: use 1-63 lowercase letters, digits or '-'", c.ID, c.App)
+	}
+	if c.CheckpointSeconds < 0 || c.CheckpointSeconds > 7*24*3600 {
+		return invalid("cell %s: checkpoint_seconds must be 0 (off) to one week", c.ID)
+	}
+	for _, id := range []string{c.Hold, c.Restore} {
+		if id != "" && !checkpointIDRE.MatchString(id) {
+			return invalid("cell %s: checkpoint id %q: use 1-80 letters, digits, '.', '_' or '-'", c.ID, id)
 		}
 	}
 	if l := c.Limits; l.MemoryBytes < 0 || l.MaxInputBytes < 0 || l.MaxOutputPerSec < 0 || l.CallTimeoutMS < 0 {

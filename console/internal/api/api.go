@@ -23,6 +23,7 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/fleet"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/modules"
+	"github.com/cloudskin/cloudskin/console/internal/placement"
 	"github.com/cloudskin/cloudskin/console/internal/rpc"
 	"github.com/cloudskin/cloudskin/console/internal/store"
 	"github.com/cloudskin/cloudskin/console/internal/tier"
@@ -38,6 +39,8 @@ type Server struct {
 	Modules *modules.Service
 	Cells   *cells.Service
 	Tier    *tier.Service // streams' cloud tier (segments); nil answers 503
+	// Placement runs apps, migrations and checkpoints.
+	Placement *placement.Service
 	// RPC asks nodes for what only they hold (stream records).
 	RPC     *rpc.Caller
 	Tokens  *auth.Tokens
@@ -91,6 +94,7 @@ func (s *Server) Handler() *echo.Echo {
 	v1.GET("/nodes/:name/streams/:stream/segments/:id/blob", s.segmentBlob, s.userOrNodeAuth(segmentReadRoles...))
 	e.PUT(segmentBlobRoute, s.putSegmentBlob) // the signed URL is the credential
 	s.registerStreams(v1)
+	s.registerPlacement(v1)
 	return e
 }
 

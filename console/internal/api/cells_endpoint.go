@@ -20,6 +20,9 @@ type cellRequest struct {
 	Inputs  []protocol.Input    `json:"inputs"`
 	Outputs []string            `json:"outputs"`
 	Limits  protocol.CellLimits `json:"limits"`
+	// CheckpointSeconds: periodic checkpoints, so the cell survives the
+	// loss of its node (0: none).
+	CheckpointSeconds int `json:"checkpoint_seconds"`
 }
 
 var cellWriteRoles = []string{store.RoleAdmin, store.RoleOperator}
@@ -30,7 +33,7 @@ func (s *Server) createCell(c echo.Context) error {
 		return err
 	}
 	spec := protocol.CellSpec{ID: req.ID, Module: req.Module, Config: []byte(req.Config), Inputs: req.Inputs,
-		Outputs: req.Outputs, Limits: req.Limits}
+		Outputs: req.Outputs, Limits: req.Limits, CheckpointSeconds: req.CheckpointSeconds}
 	cell, err := s.Cells.Create(c.Request().Context(), spec, req.Node, subject(c))
 	if err != nil {
 		return err

@@ -52,13 +52,18 @@ func New(topics protocol.Topics, st *store.Store, bus Publisher, log *slog.Logge
 // Cell is a cell as the API shows it: its spec, where it runs and the
 // newest status its node reported (nil until the node reports it).
 type Cell struct {
-	ID        string               `json:"id"`
-	Node      string               `json:"node"`
-	Module    string               `json:"module"`
-	Config    json.RawMessage      `json:"config,omitempty"`
-	Inputs    []protocol.Input     `json:"inputs"`
-	Outputs   []string             `json:"outputs"`
-	Limits    protocol.CellLimits  `json:"limits"`
+	ID      string              `json:"id"`
+	Node    string              `json:"node"`
+	Module  string              `json:"module"`
+	Config  json.RawMessage     `json:"config,omitempty"`
+	Inputs  []protocol.Input    `json:"inputs"`
+	Outputs []string            `json:"outputs"`
+	Limits  protocol.CellLimits `json:"limits"`
+	App     string              `json:"app,omitempty"`
+	// CheckpointSeconds is the period of the cell's checkpoints (0: none).
+	CheckpointSeconds int `json:"checkpoint_seconds,omitempty"`
+	// HeldOn is the node still holding the cell while it migrates to Node.
+	HeldOn    string               `json:"held_on,omitempty"`
 	CreatedBy string               `json:"created_by,omitempty"`
 	CreatedAt time.Time            `json:"created_at"`
 	Status    *protocol.CellStatus `json:"status"`
@@ -104,7 +109,7 @@ func (s *Service) Create(ctx context.Context, spec protocol.CellSpec, node, by s
 	if err != nil {
 		return nil, err
 	}
-	row := &store.Cell{ID: spec.ID, Node: node, Module: spec.Module, Spec: string(raw), CreatedBy: by}
+	row := &store.Cell{ID: spec.ID, Node: node, Module: spec.Module, Spec: string(raw), App: spec.App, BoundUS: time.Now().UnixMicro(), CreatedBy: by}
 	if err := s.store.CreateCell(ctx, row); err != nil {
 		if !errors.Is(err, store.ErrConflict) {
 			return nil, err
@@ -129,12 +134,18 @@ func (s *Service) Delete(ctx context.Context, id, by string) error {
 	if err := validID(id); err != nil {
 		return err
 	}
-	node, err := s.store.DeleteCell(ctx, id)
+	nodes, err := s.store.DeleteCell(ctx, id)
 	if err != nil {
 		return err
 	}
-	s.log.Info("cell deleted", "cell", id, "node", node, "by", by)
-	return s.Republish(ctx, node)
+	s.log.Info("cell deleted", "cell", id, "nodes", nodes, "by", by)
+	var errs []error
+	for _, n := range nodes {
+		if err := s.Republish(ctx, n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Get returns one cell with its newest status.
@@ -285,6 +296,7 @@ func view(r *store.Cell) (*Cell, error) {
 	c := &Cell{
 		ID: r.ID, Node: r.Node, Module: spec.Module, Config: json.RawMessage(spec.Config), Inputs: spec.Inputs,
 		Outputs: spec.Outputs, Limits: spec.Limits, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt.UTC(),
+		App: r.App, CheckpointSeconds: spec.CheckpointSeconds, HeldOn: r.HeldOn,
 	}
 	if c.Inputs == nil {
 		c.Inputs = []protocol.Input{}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/cloudskin/cloudskin/console/internal/auth"
@@ -53,7 +54,13 @@ type Service struct {
 	m     *metrics.Metrics
 	log   *slog.Logger
 	now   func() time.Time
+	// onActual holds a func(node string) called after a node's actual
+	// state is stored (a migration waiting on it steps at once).
+	onActual atomic.Value
 }
+
+// OnActual sets what is called after a node's actual state is stored.
+func (s *Service) OnActual(f func(node string)) { s.onActual.Store(f) }
 
 // New returns a fleet service.
 func New(cfg Config, st *store.Store, m *metrics.Metrics, log *slog.Logger) *Service {

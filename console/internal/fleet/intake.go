@@ -39,7 +39,13 @@ func (s *Service) Sink(ctx context.Context, topic string, payload []byte) error 
 	case protocol.LeafStatus:
 		return s.status(ctx, n, payload)
 	case protocol.LeafActual:
-		return s.actual(ctx, n, payload)
+		err := s.actual(ctx, n, payload)
+		if err == nil {
+			if f, _ := s.onActual.Load().(func(string)); f != nil {
+				f(node)
+			}
+		}
+		return err
 	case protocol.LeafReplies:
 		if len(payload) > protocol.MaxReplyBytes*2 {
 			s.m.Reject(metrics.RejectReplyInvalid)

@@ -29,12 +29,22 @@ type Config struct {
 	NodeRequestTimeout time.Duration `yaml:"node_request_timeout"`
 	// S3 holds the streams' spilled segments when S3Endpoint is set; else
 	// they go to the console's own object store (files in the data dir).
-	S3Endpoint       string        `yaml:"s3_endpoint"`
-	S3Bucket         string        `yaml:"s3_bucket"`
-	S3AccessKey      string        `yaml:"s3_access_key"`
-	S3SecretKey      string        `yaml:"s3_secret_key"`
-	S3Region         string        `yaml:"s3_region"`
-	S3TLS            bool          `yaml:"s3_tls"`
+	S3Endpoint  string `yaml:"s3_endpoint"`
+	S3Bucket    string `yaml:"s3_bucket"`
+	S3AccessKey string `yaml:"s3_access_key"`
+	S3SecretKey string `yaml:"s3_secret_key"`
+	S3Region    string `yaml:"s3_region"`
+	S3TLS       bool   `yaml:"s3_tls"`
+	// Placement: how often the Planner runs its move rules, how long a node
+	// may be offline before its cells restart elsewhere, how long a cell
+	// stays where it was bound before an optional move, and how long the
+	// two halves of a migration may take before it rolls back.
+	PlanInterval     time.Duration `yaml:"plan_interval"`
+	OfflineGrace     time.Duration `yaml:"offline_grace"`
+	MinResidence     time.Duration `yaml:"min_residence"`
+	EnergyHorizon    time.Duration `yaml:"energy_horizon"`
+	HoldTimeout      time.Duration `yaml:"hold_timeout"`
+	RestoreTimeout   time.Duration `yaml:"restore_timeout"`
 	DefaultHeartbeat time.Duration `yaml:"default_heartbeat"`
 	MissedHeartbeats int           `yaml:"missed_heartbeats"`
 	MosquittoDir     string        `yaml:"mosquitto_dir"`
@@ -51,6 +61,12 @@ func DefaultConfig() Config {
 		TopicPrefix:        protocol.DefaultPrefix,
 		JWTTTL:             12 * time.Hour,
 		NodeRequestTimeout: 10 * time.Second,
+		PlanInterval:       5 * time.Second,
+		OfflineGrace:       2 * time.Minute,
+		MinResidence:       2 * time.Minute,
+		EnergyHorizon:      2 * time.Hour,
+		HoldTimeout:        2 * time.Minute,
+		RestoreTimeout:     3 * time.Minute,
 		Retention:          7 * 24 * time.Hour,
 		DefaultHeartbeat:   5 * time.Second,
 		MissedHeartbeats:   3,
@@ -74,6 +90,12 @@ func (c *Config) Define(fs *flag.FlagSet) {
 	fs.StringVar(&c.S3SecretKey, "s3-secret-key", c.S3SecretKey, "S3 secret key (prefer CLOUDSKIN_S3_SECRET_KEY)")
 	fs.StringVar(&c.S3Region, "s3-region", c.S3Region, "S3 region (default us-east-1)")
 	fs.BoolVar(&c.S3TLS, "s3-tls", c.S3TLS, "use https to reach S3")
+	fs.DurationVar(&c.PlanInterval, "plan-interval", c.PlanInterval, "how often the Planner applies its move rules")
+	fs.DurationVar(&c.OfflineGrace, "offline-grace", c.OfflineGrace, "how long a node may be offline before its cells restart elsewhere from their newest checkpoint")
+	fs.DurationVar(&c.MinResidence, "min-residence", c.MinResidence, "how long a cell stays on a node before an optional move (energy, target, overload) may take it away")
+	fs.DurationVar(&c.EnergyHorizon, "energy-horizon", c.EnergyHorizon, "how long a green node's energy must last for it to keep and take cells")
+	fs.DurationVar(&c.HoldTimeout, "hold-timeout", c.HoldTimeout, "how long a migration's source may take to checkpoint the cell before the move aborts")
+	fs.DurationVar(&c.RestoreTimeout, "restore-timeout", c.RestoreTimeout, "how long a migration's target may take to run the restored cell before the move rolls back")
 	fs.DurationVar(&c.NodeRequestTimeout, "node-request-timeout", c.NodeRequestTimeout, "how long to wait for a node to answer a request (stream records it holds)")
 	fs.DurationVar(&c.Retention, "telemetry-retention", c.Retention, "how long telemetry is kept")
 	fs.DurationVar(&c.DefaultHeartbeat, "default-heartbeat", c.DefaultHeartbeat, "heartbeat assumed for nodes that do not state theirs")
@@ -104,6 +126,16 @@ func (c *Config) Validate() error {
 	}
 	if c.NodeRequestTimeout < 100*time.Millisecond || c.NodeRequestTimeout > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("node-request-timeout: %s must be between 100ms and 5m", c.NodeRequestTimeout))
+	}
+	for name, d := range map[string]time.Duration{"plan-interval": c.PlanInterval, "hold-timeout": c.HoldTimeout, "restore-timeout": c.RestoreTimeout} {
+		if d < 100*time.Millisecond || d > time.Hour {
+			errs = append(errs, fmt.Errorf("%s: %s must be between 100ms and 1h", name, d))
+		}
+	}
+	for name, d := range map[string]time.Duration{"offline-grace": c.OfflineGrace, "min-residence": c.MinResidence, "energy-horizon": c.EnergyHorizon} {
+		if d < 0 || d > 7*24*time.Hour {
+			errs = append(errs, fmt.Errorf("%s: %s must be between 0 and 168h", name, d))
+		}
 	}
 	if c.JWTTTL < time.Minute || c.JWTTTL > 30*24*time.Hour {
 		errs = append(errs, fmt.Errorf("jwt-ttl: %s must be between 1m and 720h", c.JWTTTL))

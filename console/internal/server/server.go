@@ -21,6 +21,8 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/modules"
 	"github.com/cloudskin/cloudskin/console/internal/objects"
+	"github.com/cloudskin/cloudskin/console/internal/placement"
+	"github.com/cloudskin/cloudskin/console/internal/planner"
 	"github.com/cloudskin/cloudskin/console/internal/rpc"
 	"github.com/cloudskin/cloudskin/console/internal/store"
 	"github.com/cloudskin/cloudskin/console/internal/tier"
@@ -108,6 +110,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("streams' cloud tier: %w", err)
 	}
 	cs := cells.New(topics, st, bus, log)
+	pcfg := planner.DefaultConfig()
+	pcfg.OfflineGrace, pcfg.MinResidence, pcfg.EnergyHorizon = cfg.OfflineGrace, cfg.MinResidence, cfg.EnergyHorizon
+	pl, err := placement.New(placement.Config{
+		Planner: pcfg, Interval: cfg.PlanInterval,
+		Moves: placement.MoveConfig{HoldTimeout: cfg.HoldTimeout, RestoreTimeout: cfg.RestoreTimeout},
+	}, st, cs, objs, nil, log)
+	if err != nil {
+		return fmt.Errorf("planner: %w", err)
+	}
+	fl.OnActual(func(string) { pl.Kick() })
 
 	ln, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {
@@ -130,7 +142,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	a := &api.Server{
-		Store: st, Fleet: fl, Modules: mods, Cells: cs, RPC: caller, Tier: tr, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
+		Store: st, Fleet: fl, Modules: mods, Cells: cs, RPC: caller, Tier: tr, Placement: pl, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
 		Ready: func(ctx context.Context) error {
 			if err := st.Ping(ctx); err != nil {
 				return fmt.Errorf("database: %w", err)
@@ -142,6 +154,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return fl.Run(gctx) })
+	g.Go(func() error { return pl.Run(gctx) })
 	g.Go(func() error {
 		log.Info("console HTTP listening", "addr", ln.Addr().String(), "db", st.Dialect(), "broker", brokerName(cfg))
 		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

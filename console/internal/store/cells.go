@@ -30,10 +30,11 @@ func (s *Store) CreateCell(ctx context.Context, c *Cell) error {
 	})
 }
 
-// DeleteCell removes a cell and bumps its node's desired generation, in one
-// transaction, and returns the node it was on.
-func (s *Store) DeleteCell(ctx context.Context, id string) (string, error) {
-	var node string
+// DeleteCell removes a cell and bumps its node's desired generation (and
+// that of a node holding it mid-migration), in one transaction, and returns
+// the nodes whose desired state changed.
+func (s *Store) DeleteCell(ctx context.Context, id string) ([]string, error) {
+	var nodes []string
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		var c Cell
 		if err := tx.Where("id = ?", id).First(&c).Error; err != nil {
@@ -46,10 +47,18 @@ func (s *Store) DeleteCell(ctx context.Context, id string) (string, error) {
 		if res.RowsAffected == 0 { // deleted concurrently
 			return fmt.Errorf("cell %s: %w", id, ErrNotFound)
 		}
-		node = c.Node
-		return bumpGeneration(tx, c.Node)
+		nodes = []string{c.Node}
+		if c.HeldOn != "" && c.HeldOn != c.Node {
+			nodes = append(nodes, c.HeldOn)
+		}
+		for _, n := range nodes {
+			if err := bumpGeneration(tx, n); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
-	return node, err
+	return nodes, err
 }
 
 // CellByID finds a cell.
@@ -73,7 +82,8 @@ func (s *Store) ListCells(ctx context.Context, node string) ([]Cell, error) {
 	return cs, err
 }
 
-// DesiredState reads a node's generation, cells (by id) and declared
+// DesiredState reads a node's generation, cells (by id; with the held
+// copies of cells migrating away from it) and declared
 // streams (by name) in one transaction, so they agree. Generation is 0 for a
 // node that never had a desired state.
 func (s *Store) DesiredState(ctx context.Context, node string) (int64, []Cell, []StreamDecl, error) {
@@ -86,8 +96,14 @@ func (s *Store) DesiredState(ctx context.Context, node string) (int64, []Cell, [
 			return err
 		}
 		gen = d.Generation
-		if err := tx.Where("node = ?", node).Order("id").Find(&cs).Error; err != nil {
+		if err := tx.Where("node = ? OR held_on = ?", node, node).Order("id").Find(&cs).Error; err != nil {
 			return err
+		}
+		// A migration's source lists the copy it holds, not the target's spec.
+		for i := range cs {
+			if cs[i].Node != node && cs[i].HeldOn == node {
+				cs[i].Spec = cs[i].HeldSpec
+			}
 		}
 		return tx.Where("node = ?", node).Order("name").Find(&ds).Error
 	})

@@ -61,9 +61,9 @@ func TestCells(t *testing.T) {
 			t.Fatalf("edge-1 wrote edge-2's cell: %+v", c)
 		}
 
-		node, err := s.DeleteCell(ctx, "a")
-		if err != nil || node != "edge-1" {
-			t.Fatalf("delete: %q %v", node, err)
+		nodes, err := s.DeleteCell(ctx, "a")
+		if err != nil || len(nodes) != 1 || nodes[0] != "edge-1" {
+			t.Fatalf("delete: %q %v", nodes, err)
 		}
 		if _, err := s.DeleteCell(ctx, "a"); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("delete twice: %v", err)

@@ -27,6 +27,9 @@ var migrations = []struct {
 	{"streams: declared streams, reported stream figures per node, spilled segments in the object store", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&StreamDecl{}, &NodeStream{}, &StreamSegment{})
 	}},
+	{"placement: apps, cell app/holder/binding columns, checkpoints, moves, planner decisions", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&Cell{}, &App{}, &Checkpoint{}, &Move{}, &Decision{})
+	}},
 }
 
 // SchemaVersion is the number of migrations this build knows.

@@ -111,10 +111,17 @@ func (Migration) TableName() string { return "schema_migrations" }
 // StatusJSON is the newest protocol.CellStatus the node reported for it and
 // StatusUS when the console received it (Unix microseconds, 0: never).
 type Cell struct {
-	ID         string `gorm:"primaryKey;size:63"`
-	Node       string `gorm:"size:63;index;not null"`
-	Module     string `gorm:"size:64;index;not null"`
-	Spec       string `gorm:"type:text;not null"`
+	ID     string `gorm:"primaryKey;size:63"`
+	Node   string `gorm:"size:63;index;not null"`
+	Module string `gorm:"size:64;index;not null"`
+	Spec   string `gorm:"type:text;not null"`
+	App    string `gorm:"size:63;index"` // "" for a cell placed by hand
+	// HeldOn is the source node of a migration in its restore phase: it
+	// keeps the cell held (HeldSpec, with its Hold id) until the target runs
+	// it, and its desired state lists it.
+	HeldOn     string `gorm:"size:63;index"`
+	HeldSpec   string `gorm:"type:text"`
+	BoundUS    int64  `gorm:"not null;default:0"` // when the cell was bound to Node (minimum residence)
 	CreatedBy  string `gorm:"size:64"`
 	StatusJSON string `gorm:"type:text"`
 	StatusUS   int64  `gorm:"not null;default:0"`
