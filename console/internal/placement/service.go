@@ -427,7 +427,9 @@ func (s *Service) view(ctx context.Context, name string) (*AppView, error) {
 }
 
 // GetApp returns an app with its placement.
-func (s *Service) GetApp(ctx context.Context, name string) (*AppView, error) { return s.view(ctx, name) }
+func (s *Service) GetApp(ctx context.Context, name string) (*AppView, error) {
+	return s.view(ctx, name)
+}
 
 // ListApps returns every app with its placement.
 func (s *Service) ListApps(ctx context.Context) ([]AppView, error) {
@@ -465,4 +467,3 @@ func (s *Service) DeleteApp(ctx context.Context, name, by string) error {
 	}
 	return errors.Join(errs...)
 }
-
