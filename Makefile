@@ -4,11 +4,21 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin
 
-.PHONY: build run test test-short bench vet fmt clean cells fuzz
+.PHONY: build run test test-short bench vet fmt clean cells fuzz agent-arm64
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cloudskin-console ./console
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cloudskin-agent ./edge-agent
+
+# The agent for arm64 nodes, cross-compiled with cgo (wasmtime-go links its
+# linux-aarch64 static library). CC here is the arm64 C compiler, whatever CC
+# the environment sets for host builds; override it on the command line
+# (make agent-arm64 CC=...). Debian: apt-get install gcc-aarch64-linux-gnu
+# libc6-dev-arm64-cross; on amd64, run the result with qemu-user-static:
+# qemu-aarch64-static -L /usr/aarch64-linux-gnu bin/linux-arm64/cloudskin-agent.
+agent-arm64: CC = aarch64-linux-gnu-gcc
+agent-arm64:
+	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC='$(CC)' $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/linux-arm64/cloudskin-agent ./edge-agent
 
 # Console + one local agent (edge-1) on embedded defaults; Ctrl-C stops both.
 run: build

@@ -6,6 +6,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,7 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -60,7 +63,7 @@ var backends = []backend{
 
 // consoleEnv is what a console process needs, kept across restarts.
 type consoleEnv struct {
-	t        *testing.T
+	t        testing.TB
 	be       backend
 	data     string
 	dbURL    string
@@ -72,7 +75,7 @@ type consoleEnv struct {
 	extra    []string // more serve flags
 }
 
-func newConsole(t *testing.T, be backend, extra ...string) *consoleEnv {
+func newConsole(t testing.TB, be backend, extra ...string) *consoleEnv {
 	t.Helper()
 	c := &consoleEnv{t: t, be: be, data: t.TempDir(), httpPort: testenv.FreePort(t), mqttPort: testenv.FreePort(t), extra: extra}
 	c.url = fmt.Sprintf("http://127.0.0.1:%d", c.httpPort)
@@ -200,7 +203,7 @@ func (c *consoleEnv) metric(name, labels string) float64 {
 	return scrape(c.t, c.url+"/metrics", name, labels)
 }
 
-func scrape(t *testing.T, url, name, labels string) float64 {
+func scrape(t testing.TB, url, name, labels string) float64 {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -223,16 +226,37 @@ func scrape(t *testing.T, url, name, labels string) float64 {
 }
 
 type agentEnv struct {
-	t        *testing.T
+	t        testing.TB
 	name     string
 	data     string
 	httpPort int
 	args     []string
 	proc     *testenv.Process
+	arm64    bool     // bin/linux-arm64/cloudskin-agent, under qemu-user off arm64 (newArm64Agent)
+	env      []string // extra environment (KEY=value)
 }
 
 // newAgent starts an agent; brokerURL overrides the enrolled broker ("" keeps it).
-func newAgent(t *testing.T, c *consoleEnv, name, token, brokerURL string, extra ...string) *agentEnv {
+func newAgent(t testing.TB, c *consoleEnv, name, token, brokerURL string, extra ...string) *agentEnv {
+	t.Helper()
+	a := agentFor(t, c, name, token, brokerURL, extra...)
+	a.start()
+	return a
+}
+
+// newArm64Agent is newAgent for an arm64 node: the agent make agent-arm64
+// built, under qemu-user unless this machine is arm64. It is as slow as
+// emulation (wasmtime compiles cells several times slower): wait generously.
+func newArm64Agent(t testing.TB, c *consoleEnv, name, token, brokerURL string, extra ...string) *agentEnv {
+	t.Helper()
+	a := agentFor(t, c, name, token, brokerURL, extra...)
+	a.arm64 = true
+	a.start()
+	return a
+}
+
+// agentFor is an agent's data directory, ports and flags, not yet started.
+func agentFor(t testing.TB, c *consoleEnv, name, token, brokerURL string, extra ...string) *agentEnv {
 	t.Helper()
 	a := &agentEnv{t: t, name: name, data: t.TempDir(), httpPort: testenv.FreePort(t)}
 	a.args = []string{"run", "--console", c.url, "--name", name, "--data", a.data,
@@ -246,12 +270,73 @@ func newAgent(t *testing.T, c *consoleEnv, name, token, brokerURL string, extra 
 		a.args = append(a.args, "--broker", brokerURL)
 	}
 	a.args = append(a.args, extra...)
-	a.start()
 	return a
 }
 
 func (a *agentEnv) start() {
-	a.proc = testenv.Start(a.t, "agent "+a.name, nil, filepath.Join(binDir, "cloudskin-agent"), a.args...)
+	if a.arm64 {
+		bin, args := arm64Command(a.t, a.args)
+		a.proc = testenv.Start(a.t, "agent "+a.name+" (arm64)", a.env, bin, args...)
+		return
+	}
+	a.proc = testenv.Start(a.t, "agent "+a.name, a.env, filepath.Join(binDir, "cloudskin-agent"), a.args...)
+}
+
+// The arm64 agent comes from make agent-arm64, not from TestMain: it takes a
+// cross C compiler. Off arm64 it runs under qemu-user with Debian's arm64
+// libc as the loader's root, invoked explicitly: Debian's qemu-user-static
+// registers binfmt_misc only under systemd or binfmt-support.
+var (
+	arm64Build    sync.Once
+	arm64BuildOut []byte
+	arm64BuildErr error
+)
+
+const (
+	arm64Agent   = "../bin/linux-arm64/cloudskin-agent"
+	arm64Sysroot = "/usr/aarch64-linux-gnu"
+)
+
+// arm64Command is the command line that runs the arm64 agent with args here.
+// Anything missing fails the test with what to install: CI installs it all,
+// and a skip would hide that.
+func arm64Command(t testing.TB, args []string) (string, []string) {
+	t.Helper()
+	bin, err := filepath.Abs(arm64Agent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The amd64 agent is built fresh by TestMain; so is the arm64 one,
+	// once, so that the two never run different code (a no-op build takes
+	// well under a second).
+	arm64Build.Do(func() {
+		cmd := exec.Command("make", "--no-print-directory", "agent-arm64")
+		cmd.Dir = ".."
+		arm64BuildOut, arm64BuildErr = cmd.CombinedOutput()
+	})
+	if arm64BuildErr != nil {
+		t.Fatalf("make agent-arm64: %v\n%s\n(it needs apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross; .ci/run does both)", arm64BuildErr, arm64BuildOut)
+	}
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatalf("no arm64 agent: %v: run make agent-arm64 (it needs apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross; .ci/run does both)", err)
+	}
+	machine := f.Machine
+	f.Close()
+	if machine != elf.EM_AARCH64 {
+		t.Fatalf("%s is built for %s, not arm64: run make agent-arm64", bin, machine)
+	}
+	if runtime.GOARCH == "arm64" {
+		return bin, args
+	}
+	qemu, err := exec.LookPath("qemu-aarch64-static")
+	if err != nil {
+		t.Fatalf("qemu-aarch64-static not found: apt-get install qemu-user-static (.ci/run does) to run the arm64 agent on %s", runtime.GOARCH)
+	}
+	if _, err := os.Stat(filepath.Join(arm64Sysroot, "lib", "ld-linux-aarch64.so.1")); err != nil {
+		t.Fatalf("no arm64 C library for qemu -L %s: apt-get install libc6-dev-arm64-cross (.ci/run does)", arm64Sysroot)
+	}
+	return qemu, append([]string{"-L", arm64Sysroot, bin}, args...)
 }
 
 func (a *agentEnv) metric(name, labels string) float64 {
@@ -260,7 +345,7 @@ func (a *agentEnv) metric(name, labels string) float64 {
 }
 
 // waitFor polls cond until it returns nil or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var err error
