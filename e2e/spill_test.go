@@ -221,3 +221,28 @@ func waitAggregate(t *testing.T, c *consoleEnv, jwt, cell string, count int, min
 		return nil
 	})
 }
+
+// TestLocalStreamSpills: a stream from the agent's own configuration (a node
+// that must start offline) spills like a console-declared one.
+func TestLocalStreamSpills(t *testing.T) {
+	c := newConsole(t, backends[0])
+	jwt := c.login()
+	a := newAgent(t, c, "edge-1", c.token(jwt), "",
+		"--stream", `{"name":"local","topics":["local/#"],"spill":true,"segment_bytes":65536,"seal_seconds":1}`)
+	waitStatus(t, c, jwt, "edge-1", "online", 10*time.Second)
+	mosquittoPub(t, flagValue(a.args, "--sensors"), "local/t1", readings(0, 200))
+	waitFor(t, 30*time.Second, "the local stream spilled", func() error {
+		st, err := c.consoleStream(jwt, "edge-1", "local")
+		if err != nil {
+			return err
+		}
+		if st.SpilledThrough < 200 {
+			return fmt.Errorf("spilled through %d, backlog %d B, error %q", st.SpilledThrough, st.BacklogBytes, st.LastUploadError)
+		}
+		return nil
+	})
+	recs, sources := c.consoleRecords(t, jwt, "edge-1", "local")
+	if len(recs) != 200 || sources["cloud"] == 0 {
+		t.Fatalf("read back %d records, sources %v", len(recs), sources)
+	}
+}

@@ -41,6 +41,9 @@ type Agent struct {
 	// (paho can complete a token with a nil error across a reconnect).
 	epoch   atomic.Uint64
 	pending chan struct{}
+	// actualNow asks for an actual-state report before the next interval
+	// (a migration step waits on it).
+	actualNow chan struct{}
 	// acked is the last outbox index the broker acknowledged; the prefix up
 	// to it is removed lazily (maybeTruncate). Only the send loop writes it
 	// and truncatedAt.
@@ -56,7 +59,7 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	a := &Agent{cfg: cfg, version: version, log: log.With("node", cfg.Name), m: newMetrics(), pending: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, version: version, log: log.With("node", cfg.Name), m: newMetrics(), pending: make(chan struct{}, 1), actualNow: make(chan struct{}, 1)}
 
 	var ln net.Listener
 	if cfg.HTTP != "" {
@@ -94,7 +97,6 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 		return err
 	}
 	defer a.streams.close()
-	a.streams.spill = newSpillClient(a)
 	a.m.registry.MustRegister(streamCollector{a.streams})
 	if a.cells, err = newCellManager(a, nil); err != nil {
 		return err
@@ -248,6 +250,7 @@ func (a *Agent) actualLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-a.actualNow:
 		}
 		if !a.client.IsConnectionOpen() {
 			continue
@@ -258,6 +261,18 @@ func (a *Agent) actualLoop(ctx context.Context) error {
 		}
 		// QoS 0: a missed report is replaced by the next one.
 		a.client.Publish(topic, 0, false, b)
+	}
+}
+
+// publishActualSoon reports the cells' state now rather than at the next
+// telemetry interval.
+func (a *Agent) publishActualSoon() {
+	if a == nil || a.actualNow == nil {
+		return
+	}
+	select {
+	case a.actualNow <- struct{}{}:
+	default:
 	}
 }
 

@@ -51,6 +51,9 @@ type streamEntry struct {
 
 func newStreamManager(a *Agent, local []protocol.StreamSpec) (*streamManager, error) {
 	m := &streamManager{a: a, dir: filepath.Join(a.cfg.Data, streamsDir), log: a.log.With("component", "streams"), local: local, streams: map[string]*streamEntry{}}
+	// The spill client exists before the first streams open, so a local
+	// stream with spill on starts its uploader with them.
+	m.spill = newSpillClient(a)
 	if err := os.MkdirAll(m.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("streams dir: %w", err)
 	}
