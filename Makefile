@@ -40,6 +40,7 @@ FUZZSCALE ?= 1
 fuzz = $(GO) test -run '^$$' -fuzz '^$(1)$$' -fuzztime $$(( $(2) * $(FUZZSCALE) ))x $(3)
 fuzz:
 	$(call fuzz,FuzzLoad,200000,./edge-agent/internal/cells/)
+	$(call fuzz,FuzzReadSnapshot,300000,./edge-agent/internal/cells/)
 	$(call fuzz,FuzzCheck,600000,./shared/wasmcheck/)
 	$(call fuzz,FuzzDecodeBatch,500000,./shared/cellsdk/)
 	$(call fuzz,FuzzDecode,200000,./shared/segment/)

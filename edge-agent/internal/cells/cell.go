@@ -30,12 +30,17 @@ type Cell struct {
 	log     *slog.Logger
 	out     Output
 	outputs map[string]string // declared outputs; the value is the interned name
+	send    func(cell string, data []byte) int32
 	outRate *bucket
 	logRate *bucket
 	stats   cellStats
 
+	digest string   // of the module it runs
+	snap   snapInfo // the module's mutable globals, or why it cannot be snapshotted
+
 	mu      sync.Mutex // serializes use of the store
 	store   *wasmtime.Store
+	inst    *wasmtime.Instance
 	mem     *wasmtime.Memory
 	fAlloc  *wasmtime.Func
 	fFree   *wasmtime.Func
@@ -49,16 +54,30 @@ type Cell struct {
 // args, stdout/stderr into the log; memory limited; then _initialize, the ABI version
 // check and cloudskin_init(spec.Config), each bounded by fuel and CallTimeout.
 func (r *Runtime) Start(ctx context.Context, m *Module, spec Spec, out Output) (*Cell, error) {
+	return r.launch(ctx, m, spec, out, nil)
+}
+
+// launch starts a cell from its module (snap == nil) or from a snapshot (Restore).
+func (r *Runtime) launch(ctx context.Context, m *Module, spec Spec, out Output, snap *Snapshot) (*Cell, error) {
+	verb := "start"
+	if snap != nil {
+		verb = "restore"
+	}
 	limits := spec.Limits.withDefaults()
 	if err := limits.Validate(); err != nil {
 		return nil, err
 	}
 	if m == nil || m.mod == nil {
-		return nil, errors.New("cells: start: module is closed")
+		return nil, fmt.Errorf("cells: %s: module is closed", verb)
 	}
 	if m.memMinBytes > uint64(limits.MemoryBytes) {
 		return nil, fmt.Errorf("%w: cell %s: module %.12s declares a minimum linear memory of %d bytes, above the cell's memory limit of %d bytes",
 			ErrLimit, spec.ID, m.Digest, m.memMinBytes, limits.MemoryBytes)
+	}
+	if snap != nil {
+		if err := m.fits(snap, limits); err != nil {
+			return nil, fmt.Errorf("cells: restore %s: %w", spec.ID, err)
+		}
 	}
 	now := time.Now()
 	c := &Cell{
@@ -66,9 +85,12 @@ func (r *Runtime) Start(ctx context.Context, m *Module, spec Spec, out Output) (
 		limits:  limits,
 		log:     r.log.With("cell", spec.ID),
 		out:     out,
+		send:    spec.Send,
 		outputs: make(map[string]string, len(spec.Outputs)),
 		outRate: newBucket(limits.MaxOutputPerSec, now),
 		logRate: newBucket(logLinesPerSec, now),
+		digest:  m.Digest,
+		snap:    m.snap,
 	}
 	for _, o := range spec.Outputs {
 		c.outputs[o] = o
@@ -92,22 +114,30 @@ func (r *Runtime) Start(ctx context.Context, m *Module, spec Spec, out Output) (
 		c.stdio = s
 	}
 
-	if err := c.start(ctx, r, m, spec.Config); err != nil {
+	if err := c.start(ctx, r, m, spec.Config, snap); err != nil {
 		c.stats.event(EventInitFailed, err.Error())
-		c.log.Warn("cell failed to start", "kind", EventInitFailed, "err", err)
+		c.log.Warn("cell failed to "+verb, "kind", EventInitFailed, "err", err)
 		c.closeStore()
-		return nil, fmt.Errorf("cells: start %s: %w", spec.ID, err)
+		return nil, fmt.Errorf("cells: %s %s: %w", verb, spec.ID, err)
 	}
 	c.stats.mu.Lock()
 	c.stats.running = true
 	c.stats.memBytes = uint64(c.mem.DataSize(c.store))
 	c.stats.mu.Unlock()
+	if snap != nil {
+		c.stats.event(EventRestored, fmt.Sprintf("module %s, %d bytes of memory from a snapshot", m.Digest, snap.MemoryBytes()))
+		c.log.Info("cell restored", "module", m.Digest, "memory_bytes", snap.MemoryBytes())
+		return c, nil
+	}
 	c.stats.event(EventStarted, "module "+m.Digest)
 	c.log.Info("cell started", "module", m.Digest)
 	return c, nil
 }
 
-func (c *Cell) start(ctx context.Context, r *Runtime, m *Module, config []byte) error {
+// start instantiates the module and then either initialises the cell (_initialize, the
+// ABI version, cloudskin_init) or, given a snapshot, puts its state back instead: a
+// restored cell has run its initialisation on the node it came from.
+func (c *Cell) start(ctx context.Context, r *Runtime, m *Module, config []byte, snap *Snapshot) error {
 	if err := c.arm(ctx); err != nil {
 		return err
 	}
@@ -122,10 +152,14 @@ func (c *Cell) start(ctx context.Context, r *Runtime, m *Module, config []byte) 
 		return fmt.Errorf("instantiate: %w", err)
 	}
 	c.fuelUsed()
+	c.inst = inst
 	c.mem = inst.GetExport(c.store, "memory").Memory()
 	c.fAlloc = inst.GetFunc(c.store, "cloudskin_alloc")
 	c.fFree = inst.GetFunc(c.store, "cloudskin_free")
 	c.fHandle = inst.GetFunc(c.store, "cloudskin_handle")
+	if snap != nil {
+		return c.restore(snap)
+	}
 
 	if m.hasInitialize {
 		if _, err := c.call(ctx, inst.GetFunc(c.store, "_initialize")); err != nil {
@@ -396,7 +430,7 @@ func (c *Cell) Close() {
 
 func (c *Cell) closeStore() {
 	c.store.Close()
-	c.store, c.mem, c.fAlloc, c.fFree, c.fHandle = nil, nil, nil, nil, nil
+	c.store, c.inst, c.mem, c.fAlloc, c.fFree, c.fHandle = nil, nil, nil, nil, nil, nil
 	if c.stdio != nil {
 		c.stdio.wait()
 		c.stdio = nil

@@ -51,6 +51,12 @@ var (
 	ErrDead = errors.New("cells: cell is not running")
 	// ErrAlloc: cloudskin_alloc returned 0 or a buffer outside the cell's memory.
 	ErrAlloc = errors.New("cells: cell could not allocate an input buffer")
+	// ErrNotMigratable: the cell's module keeps state a snapshot cannot hold (it changes
+	// its tables, or has a mutable v128 or reference global); the error says which.
+	ErrNotMigratable = errors.New("cells: cell cannot be snapshotted")
+	// ErrSnapshot: snapshot bytes that are truncated, corrupted, of another format version,
+	// or do not fit the module they are restored into.
+	ErrSnapshot = errors.New("cells: invalid snapshot")
 )
 
 // HandlerError is a negative result of cloudskin_handle or cloudskin_init: the cell
@@ -149,4 +155,8 @@ type Spec struct {
 	Config  []byte // passed to cloudskin_init (JSON, may be empty)
 	Limits  Limits
 	Outputs []string // streams emit may write to; anything else gets ERR_UNKNOWN_STREAM
+	// Send carries cloudskin.send to another cell of the tissue (by name)
+	// and returns the code the cell gets; nil answers ERR_UNSUPPORTED. It
+	// runs inside the cell's call: it must not block.
+	Send func(cell string, data []byte) int32
 }

@@ -667,7 +667,9 @@ func TestLoadCached(t *testing.T) {
 	if len(files) != 1 {
 		t.Fatalf("cache files %v", files)
 	}
-	junk := append([]byte("\x7fELF but not really compiled code"), make([]byte, cacheFacts)...)
+	facts := (&Module{}).facts()
+	junk := append([]byte("\x7fELF but not really compiled code"), facts...)
+	junk = binary.LittleEndian.AppendUint32(junk, uint32(len(facts)))
 	junk = binary.LittleEndian.AppendUint32(junk, crc32.Checksum(junk, castagnoli))
 	junk = append(junk, cacheMagic...)
 	if _, ok := checkCacheBytes(junk); !ok {

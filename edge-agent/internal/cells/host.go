@@ -122,13 +122,30 @@ func (c *Cell) deliver(stream string, data []byte) (code int32) {
 
 func hostSend(caller *wasmtime.Caller, args []wasmtime.Val) ([]wasmtime.Val, *wasmtime.Trap) {
 	c := cellOf(caller)
-	if _, ok := guestBytes(c, caller, args[0].I32(), args[1].I32()); !ok {
+	if uint32(args[1].I32()) > maxStreamNameBytes {
+		return i32Result(CodeUnknownStream), nil
+	}
+	if uint32(args[3].I32()) > MaxRecordBytes {
+		return i32Result(CodeTooLarge), nil
+	}
+	nb, ok := guestBytes(c, caller, args[0].I32(), args[1].I32())
+	if !ok {
 		return i32Result(CodeBadPointer), nil
 	}
-	if _, ok := guestBytes(c, caller, args[2].I32(), args[3].I32()); !ok {
+	db, ok := guestBytes(c, caller, args[2].I32(), args[3].I32())
+	if !ok {
 		return i32Result(CodeBadPointer), nil
 	}
-	return i32Result(CodeUnsupported), nil // until the Planner issue wires tissues
+	if c.send == nil {
+		return i32Result(CodeUnsupported), nil // not in a tissue
+	}
+	if !c.outRate.take(time.Now()) {
+		c.stats.rateLimited.Add(1)
+		return i32Result(CodeRateLimited), nil
+	}
+	data := make([]byte, len(db))
+	copy(data, db)
+	return i32Result(c.send(string(nb), data)), nil
 }
 
 func hostLog(caller *wasmtime.Caller, args []wasmtime.Val) ([]wasmtime.Val, *wasmtime.Trap) {

@@ -21,14 +21,15 @@ import (
 // Module is a validated, compiled cell module. It may be started any number of times,
 // concurrently. Close it once no Cell is being started from it.
 type Module struct {
-	Digest    string // hex sha256 of the module bytes
+	Digest    string // hex sha256 of the module bytes as referenced (before the rewrite)
 	FromCache bool   // compiled code came from the cache
 
-	mod           *wasmtime.Module
+	mod           *wasmtime.Module // compiled from the rewritten module (rewrite.go)
 	memMinBytes   uint64
 	hasInitialize bool
 	hasInit       bool
-	usesWASI      bool // imports wasi_snapshot_preview1: needs a WASI context and stdio
+	usesWASI      bool     // imports wasi_snapshot_preview1: needs a WASI context and stdio
+	snap          snapInfo // its mutable globals, or why its cells cannot be snapshotted
 }
 
 // Close releases the compiled code.
@@ -59,9 +60,9 @@ func normalizeDigest(d string) string {
 	return strings.ToLower(strings.TrimPrefix(d, "sha256:"))
 }
 
-// Load verifies the module against its digest, compiles it (or takes compiled code from the
-// cache) and checks it against the cell ABI. The errors wrap ErrDigest, ErrInvalidModule or
-// ErrABI.
+// Load verifies the module against its digest, rewrites it so that snapshots can reach its
+// mutable globals (rewrite.go), compiles it (or takes compiled code from the cache) and
+// checks it against the cell ABI. The errors wrap ErrDigest, ErrInvalidModule or ErrABI.
 func (r *Runtime) Load(wasm []byte, digest string) (*Module, error) {
 	sum := sha256.Sum256(wasm)
 	hexSum := hex.EncodeToString(sum[:])
@@ -73,11 +74,25 @@ func (r *Runtime) Load(wasm []byte, digest string) (*Module, error) {
 	if m := r.fromCache(hexSum); m != nil {
 		return m, nil
 	}
-	mod, err := wasmtime.NewModule(r.engine, wasm)
+	rewritten, snap, err := rewriteModule(wasm)
+	if err != nil {
+		return nil, err
+	}
+	mod, err := wasmtime.NewModule(r.engine, rewritten)
+	if err != nil && len(rewritten) != len(wasm) {
+		// Say what is wrong with the bytes the author sent (offsets and all). Should the
+		// rewrite itself have broken a valid module, run it as it came, without snapshots.
+		if verr := wasmtime.ModuleValidate(r.engine, wasm); verr != nil {
+			err = verr
+		} else if mod, err = wasmtime.NewModule(r.engine, wasm); err == nil {
+			r.log.Error("cells: rewritten module does not compile; loading it unchanged", "module", hexSum)
+			snap = snapInfo{refusal: "the host could not rewrite the module to reach its globals"}
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidModule, err)
 	}
-	m := &Module{Digest: hexSum, mod: mod}
+	m := &Module{Digest: hexSum, mod: mod, snap: snap}
 	if err := m.check(); err != nil {
 		m.Close()
 		return nil, err
@@ -121,25 +136,33 @@ func (r *Runtime) cachePath(hexSum string) string {
 	return filepath.Join(r.cacheDir, fmt.Sprintf("%s-%s-%s-%s.cwasm", hexSum, wasmtimeVersion, runtime.GOOS, runtime.GOARCH))
 }
 
-// A compiled-code cache file is wasmtime's serialized module followed by a trailer:
+// A compiled-code cache file is wasmtime's serialized code of the rewritten module followed
+// by a trailer:
 //
-//	abi facts (16 bytes) | CRC-32C of code and facts (4, little endian) | magic (8)
+//	abi facts | length of the facts (4) | CRC-32C of code, facts and length (4) | magic (8)
+//	facts = minimum memory u64 | flags u8 | globals u32, (index u32, type u8) each |
+//	        refusal length u16, refusal (why the cells cannot be snapshotted; UTF-8)
 //
-// An entry is written only for a module that compiled and passed the ABI check, and the facts
-// are what that check found (minimum memory, which optional exports, whether it uses WASI),
-// so a hit skips the check: walking a module's exports and imports through the C API costs
-// more than mapping its code (21 of 75 µs for the minimal cell).
+// all little endian. An entry is written only for a module that compiled and passed the ABI
+// check, and the facts are what that check and the rewrite found, so a hit skips both:
+// walking a module's exports and imports through the C API costs more than mapping its code
+// (21 of 75 µs for the minimal cell). The digest in the file name is that of the module as
+// referenced, before the rewrite.
 //
 // wasmtime would map a damaged file (power loss on flash, bit rot) as native code, so a file
 // failing the CRC — or that wasmtime refuses — is deleted and recompiled. CRC-32C, not a
 // cryptographic hash, because it guards against decay, not an attacker (whoever can write
 // the 0700 cache dir can replace the agent), and it runs in hardware on amd64 and arm64:
 // ≈7 GB/s here against sha256's 1.6 GB/s, 2 ms instead of 8 ms for a Go cell's 13 MB of code.
-const cacheMagic = "CSKCRC02"
+//
+// CSKCRC02 files hold code compiled before the rewrite (no global exports): they fail the
+// magic check and are recompiled once.
+const cacheMagic = "CSKCRC03"
 
 const (
-	cacheFacts   = 16
-	cacheTrailer = cacheFacts + 4 + len(cacheMagic)
+	cacheTrailer  = 4 + 4 + len(cacheMagic) // after the facts
+	maxCacheFacts = 64 << 20
+	maxRefusal    = 1024
 )
 
 const (
@@ -151,7 +174,7 @@ const (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func (m *Module) facts() []byte {
-	b := binary.LittleEndian.AppendUint64(make([]byte, 0, cacheFacts), m.memMinBytes)
+	b := binary.LittleEndian.AppendUint64(nil, m.memMinBytes)
 	var flags byte
 	if m.hasInitialize {
 		flags |= factInitialize
@@ -162,12 +185,55 @@ func (m *Module) facts() []byte {
 	if m.usesWASI {
 		flags |= factWASI
 	}
-	return append(b, flags, 0, 0, 0, 0, 0, 0, 0)
+	b = append(b, flags)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(m.snap.globals)))
+	for _, g := range m.snap.globals {
+		b = binary.LittleEndian.AppendUint32(b, g.index)
+		b = append(b, byte(g.kind))
+	}
+	refusal := m.snap.refusal
+	if len(refusal) > maxRefusal {
+		refusal = refusal[:maxRefusal]
+	}
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(refusal)))
+	return append(b, refusal...)
 }
 
-func (m *Module) setFacts(b []byte) {
+var errCacheFacts = errors.New("malformed facts")
+
+func (m *Module) setFacts(b []byte) error {
+	if len(b) < 8+1+4 {
+		return errCacheFacts
+	}
 	m.memMinBytes = binary.LittleEndian.Uint64(b)
 	m.hasInitialize, m.hasInit, m.usesWASI = b[8]&factInitialize != 0, b[8]&factInit != 0, b[8]&factWASI != 0
+	n := binary.LittleEndian.Uint32(b[9:])
+	b = b[13:]
+	if uint64(n)*5+2 > uint64(len(b)) {
+		return errCacheFacts
+	}
+	m.snap.globals = make([]snapGlobal, n)
+	for i := range m.snap.globals {
+		g := snapGlobal{index: binary.LittleEndian.Uint32(b), kind: valKind(b[4])}
+		if !g.kind.capturable() || (i > 0 && g.index <= m.snap.globals[i-1].index) {
+			return errCacheFacts
+		}
+		m.snap.globals[i] = g
+		b = b[5:]
+	}
+	if int(binary.LittleEndian.Uint16(b)) != len(b)-2 {
+		return errCacheFacts
+	}
+	m.snap.refusal = string(b[2:])
+	return nil
+}
+
+// appendCacheTrailer appends the facts and the trailer to compiled code.
+func appendCacheTrailer(code, facts []byte) []byte {
+	code = append(code, facts...)
+	code = binary.LittleEndian.AppendUint32(code, uint32(len(facts)))
+	code = binary.LittleEndian.AppendUint32(code, crc32.Checksum(code, castagnoli))
+	return append(code, cacheMagic...)
 }
 
 // fromCache maps a sound cache entry; nil on a miss. wasmtime's serialized format locates
@@ -179,17 +245,19 @@ func (r *Runtime) fromCache(hexSum string) *Module {
 	}
 	path := r.cachePath(hexSum)
 	facts, err := checkCacheFile(path)
+	m := &Module{Digest: hexSum, FromCache: true}
+	if err == nil {
+		// The CRC held, so facts that do not parse were written wrong: recompile.
+		err = m.setFacts(facts)
+	}
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
 	case err != nil:
 		r.log.Warn("cells: compiled-code cache entry unusable, recompiling", "path", path, "err", err)
 	default:
-		mod, err := wasmtime.NewModuleDeserializeFile(r.engine, path)
-		if err == nil {
+		if m.mod, err = wasmtime.NewModuleDeserializeFile(r.engine, path); err == nil {
 			r.cacheHits.Add(1)
-			m := &Module{Digest: hexSum, FromCache: true, mod: mod}
-			m.setFacts(facts)
 			return m
 		}
 		r.log.Warn("cells: compiled-code cache entry refused, recompiling", "path", path, "err", err)
@@ -220,12 +288,14 @@ func checkCacheBytes(b []byte) ([]byte, bool) {
 	if len(b) < cacheTrailer {
 		return nil, false
 	}
-	n := len(b) - cacheTrailer + cacheFacts // code and facts
-	tail := b[n:]
-	if string(tail[4:]) != cacheMagic || binary.LittleEndian.Uint32(tail) != crc32.Checksum(b[:n], castagnoli) {
+	n := len(b) - cacheTrailer + 4 // code, facts and their length
+	tail := b[n-4:]
+	facts := int64(binary.LittleEndian.Uint32(tail))
+	if string(tail[8:]) != cacheMagic || facts > maxCacheFacts || facts > int64(n-4) ||
+		binary.LittleEndian.Uint32(tail[4:]) != crc32.Checksum(b[:n], castagnoli) {
 		return nil, false
 	}
-	return b[n-cacheFacts : n], true
+	return b[n-4-int(facts) : n-4], true
 }
 
 // writeCache writes atomically: temp file, fsync, rename.
@@ -234,9 +304,7 @@ func (r *Runtime) writeCache(path string, m *Module) error {
 	if err != nil {
 		return err
 	}
-	code = append(code, m.facts()...)
-	code = binary.LittleEndian.AppendUint32(code, crc32.Checksum(code, castagnoli))
-	code = append(code, cacheMagic...)
+	code = appendCacheTrailer(code, m.facts())
 	f, err := os.CreateTemp(r.cacheDir, ".tmp-*.cwasm")
 	if err != nil {
 		return err

@@ -37,6 +37,8 @@ const (
 	EventHandlerError EventKind = "handler_error"
 	EventInitFailed   EventKind = "init_failed"
 	EventStopped      EventKind = "stopped"
+	EventSnapshot     EventKind = "snapshot" // its state was captured (it keeps running)
+	EventRestored     EventKind = "restored" // it started from a snapshot instead of its init
 )
 
 // Event is one entry of a cell's recent history.
