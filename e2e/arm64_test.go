@@ -116,7 +116,7 @@ func TestArm64Agent(t *testing.T) {
 }
 
 // exampleCell reads a cell that make cells built.
-func exampleCell(t *testing.T, name string) []byte {
+func exampleCell(t testing.TB, name string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("..", "bin", "cells", name+".wasm"))
 	if err != nil {

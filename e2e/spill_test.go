@@ -185,7 +185,7 @@ func TestStreamSpillOutage(t *testing.T) {
 	}
 }
 
-func uploadModule(t *testing.T, c *consoleEnv, jwt, name string, wasm []byte) string {
+func uploadModule(t testing.TB, c *consoleEnv, jwt, name string, wasm []byte) string {
 	t.Helper()
 	code, _, raw := c.upload("?name="+name, jwt, bytes.NewReader(wasm))
 	var mod struct {

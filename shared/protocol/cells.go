@@ -16,6 +16,10 @@ type Desired struct {
 	// Streams are the node's durable streams (in addition to those of its
 	// local config, which win on a name clash).
 	Streams []StreamSpec `json:"streams,omitempty"`
+	// Prefetch lists modules (digests) the node should download and
+	// compile ahead: a cell is about to migrate here, and compiling after
+	// the source stopped it would stretch the migration's downtime.
+	Prefetch []string `json:"prefetch,omitempty"`
 }
 
 // CellSpec is one cell as the console wants it run.
@@ -78,6 +82,8 @@ type Actual struct {
 	Time       time.Time      `json:"time"`
 	Cells      []CellStatus   `json:"cells"`
 	Streams    []StreamStatus `json:"streams,omitempty"`
+	// Modules are the modules compiled and ready on the node (digests).
+	Modules []string `json:"modules,omitempty"`
 }
 
 // CellStatus is one cell's state, counters and recent events on a node.
@@ -200,6 +206,14 @@ func (d *Desired) Validate(node string) error {
 			return fmt.Errorf("%w: cell %s listed twice", ErrInvalid, d.Cells[i].ID)
 		}
 		seen[d.Cells[i].ID] = true
+	}
+	if len(d.Prefetch) > 64 {
+		return invalid("desired state prefetches %d modules, at most 64", len(d.Prefetch))
+	}
+	for _, m := range d.Prefetch {
+		if !digestRE.MatchString(m) {
+			return invalid("prefetch %q is not a sha256 hex digest", m)
+		}
 	}
 	names := map[string]bool{}
 	for i := range d.Streams {

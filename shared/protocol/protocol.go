@@ -42,6 +42,9 @@ var NodeReadable = []string{LeafDesired, LeafRequests}
 // NodeMayRead reports whether node may subscribe to topic (an exact topic,
 // no wildcards).
 func (t Topics) NodeMayRead(node, topic string) bool {
+	if t.IsTissue(topic) {
+		return true
+	}
 	for _, leaf := range NodeReadable {
 		if topic == t.Node(node, leaf) {
 			return true
@@ -52,6 +55,9 @@ func (t Topics) NodeMayRead(node, topic string) bool {
 
 // NodeMayWrite reports whether node may publish to topic.
 func (t Topics) NodeMayWrite(node, topic string) bool {
+	if t.IsTissue(topic) && !strings.ContainsAny(topic, "+#") {
+		return true
+	}
 	for _, leaf := range NodeWritable {
 		if topic == t.Node(node, leaf) {
 			return true
@@ -77,6 +83,52 @@ func NewTopics(prefix string) Topics {
 // Node is the topic of one leaf of one node, e.g. cloudskin/v1/nodes/edge-1/telemetry.
 func (t Topics) Node(node, leaf string) string {
 	return t.Prefix + "/nodes/" + node + "/" + leaf
+}
+
+// Tissue is where cells of a tissue send to one of them:
+// {prefix}/tissues/{tissue}/{cell}; acknowledgements go back on
+// {prefix}/tissues/{tissue}/{sender}/ack. Every node may use tissue topics
+// (cells move between nodes); the messages carry no node credentials.
+func (t Topics) Tissue(tissue, cell string) string { return t.Prefix + "/tissues/" + tissue + "/" + cell }
+
+// TissueAck is where a cell's messages are acknowledged to it.
+func (t Topics) TissueAck(tissue, cell string) string { return t.Tissue(tissue, cell) + "/ack" }
+
+// AllTissues is the filter an agent subscribes to for tissue traffic.
+func (t Topics) AllTissues() string { return t.Prefix + "/tissues/#" }
+
+// IsTissue reports whether topic (or filter) is under the tissue tree.
+func (t Topics) IsTissue(topic string) bool { return strings.HasPrefix(topic, t.Prefix+"/tissues/") }
+
+// ParseTissue splits a tissue topic: ack is true for an acknowledgement.
+func (t Topics) ParseTissue(topic string) (tissue, cell string, ack, ok bool) {
+	rest, found := strings.CutPrefix(topic, t.Prefix+"/tissues/")
+	if !found {
+		return "", "", false, false
+	}
+	parts := strings.Split(rest, "/")
+	switch {
+	case len(parts) == 2 && parts[0] != "" && parts[1] != "":
+		return parts[0], parts[1], false, true
+	case len(parts) == 3 && parts[0] != "" && parts[1] != "" && parts[2] == "ack":
+		return parts[0], parts[1], true, true
+	}
+	return "", "", false, false
+}
+
+// TissueMessage is a message from one cell of a tissue to another: Seq
+// numbers the sender's messages to that receiver, from 1, so the receiver
+// keeps order and drops duplicates.
+type TissueMessage struct {
+	From string `json:"from"`
+	Seq  uint64 `json:"seq"`
+	Data []byte `json:"data"`
+}
+
+// TissueAck acknowledges every message up to Seq from the receiver From.
+type TissueAck struct {
+	From string `json:"from"`
+	Seq  uint64 `json:"seq"`
 }
 
 // AllNodes is a filter matching one leaf of every node: cloudskin/v1/nodes/+/{leaf}.

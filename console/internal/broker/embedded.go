@@ -148,7 +148,8 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // OnPublish hands a node's message to the sink before the broker
 // acknowledges it, so a PUBACK means "stored".
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if cl.Net.Inline {
+	if cl.Net.Inline || h.e.cfg.Topics.IsTissue(pk.TopicName) {
+		// Tissue traffic is between nodes; the console does not store it.
 		return pk, nil
 	}
 	err := h.e.cfg.Sink(h.e.ctx, pk.TopicName, pk.Payload)

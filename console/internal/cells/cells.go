@@ -220,6 +220,9 @@ func (s *Service) Republish(ctx context.Context, node string) error {
 		}
 		d.Streams = append(d.Streams, spec)
 	}
+	if d.Prefetch, err = s.store.PrefetchFor(ctx, node); err != nil {
+		return err
+	}
 	payload, err := json.Marshal(&d)
 	if err != nil {
 		return err

@@ -240,6 +240,15 @@ func (s *Service) actual(ctx context.Context, n *store.Node, payload []byte) err
 		s.log.Error("stream figures not stored", "node", n.Name, "err", err)
 		return fmt.Errorf("%w: %v", broker.ErrRetry, err)
 	}
+	if len(a.Modules) > 256 {
+		return refuse("too many modules", fmt.Errorf("%d modules", len(a.Modules)))
+	}
+	for _, m := range a.Modules {
+		if len(m) != 64 {
+			return refuse("bad module digest", fmt.Errorf("module %q", m))
+		}
+	}
+	mods, _ := json.Marshal(a.Modules)
 	s.log.Debug("actual state received", "node", n.Name, "generation", a.Generation, "cells", len(a.Cells), "streams", len(a.Streams))
-	return s.seen(ctx, n, nil)
+	return s.seen(ctx, n, map[string]any{"modules": string(mods)})
 }

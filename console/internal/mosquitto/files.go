@@ -175,6 +175,9 @@ func (f Files) acl() []byte {
 		fmt.Fprintf(&b, "pattern read %s\n", t.Node("%u", leaf))
 	}
 	b.WriteString("\n")
+	b.WriteString("# Cells of a tissue message each other wherever they run: every node uses the tissue tree.\n")
+	fmt.Fprintf(&b, "topic readwrite %s/tissues/#\n", t.Prefix)
+	b.WriteString("\n")
 	b.WriteString("# The console reads and writes everything under the prefix.\n")
 	fmt.Fprintf(&b, "user %s\n", f.ConsoleUser)
 	fmt.Fprintf(&b, "topic readwrite %s/#\n", t.Prefix)

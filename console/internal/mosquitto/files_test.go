@@ -34,6 +34,9 @@ pattern write cloudskin/v1/nodes/%u/replies
 pattern read cloudskin/v1/nodes/%u/desired
 pattern read cloudskin/v1/nodes/%u/requests
 
+# Cells of a tissue message each other wherever they run: every node uses the tissue tree.
+topic readwrite cloudskin/v1/tissues/#
+
 # The console reads and writes everything under the prefix.
 user cloudskin-console
 topic readwrite cloudskin/v1/#
@@ -55,6 +58,9 @@ pattern write acme/edge/nodes/%u/events
 pattern write acme/edge/nodes/%u/replies
 pattern read acme/edge/nodes/%u/desired
 pattern read acme/edge/nodes/%u/requests
+
+# Cells of a tissue message each other wherever they run: every node uses the tissue tree.
+topic readwrite acme/edge/tissues/#
 
 # The console reads and writes everything under the prefix.
 user Ops_Console.1

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 
 // Move phases.
 const (
+	PhasePrepare = "prepare" // the target compiles the module ahead; the cell runs on
 	PhaseHold    = "hold"    // the source checkpoints the cell and holds it
 	PhaseRestore = "restore" // the target restores it; the source still holds its copy
 	PhaseDone    = "done"    // the target runs it; the source dropped it
@@ -135,13 +137,12 @@ func (m *Moves) Start(ctx context.Context, cellID, to, reason string, decisionID
 			return err
 		}
 		if live {
-			mv.Phase = PhaseHold
-			spec.Hold = mv.ID
-			c.Spec = writeSpec(spec)
+			// The target's desired state now prefetches the module.
+			mv.Phase = PhasePrepare
 			if err := tx.CreateMove(mv); err != nil {
 				return err
 			}
-			return tx.SaveCell(c, c.Node)
+			return tx.Bump(to)
 		}
 		mv.Phase = PhaseRestore
 		spec.Hold, spec.Restore = "", ""
@@ -216,12 +217,57 @@ func (m *Moves) step(ctx context.Context, mv *store.Move) error {
 	}
 	now := m.now().UTC()
 	switch mv.Phase {
+	case PhasePrepare:
+		return m.stepPrepare(ctx, mv, c, now)
 	case PhaseHold:
 		return m.stepHold(ctx, mv, c, now)
 	case PhaseRestore:
 		return m.stepRestore(ctx, mv, c, now)
 	}
 	return m.end(ctx, mv, PhaseFailed, "unknown phase "+mv.Phase, nil)
+}
+
+// stepPrepare waits for the target to have the cell's module compiled, so
+// that the cell stops on the source only when the target can restore it at
+// once. Compiling is an optimisation: after RestoreTimeout the move goes on.
+func (m *Moves) stepPrepare(ctx context.Context, mv *store.Move, c *store.Cell, now time.Time) error {
+	target, err := m.store.NodeByName(ctx, mv.To)
+	if err != nil {
+		return err
+	}
+	if target.Status != "online" {
+		return m.end(ctx, mv, PhaseAborted, fmt.Sprintf("the target %s went %s before the move", mv.To, target.Status), func(tx *store.Tx, c *store.Cell) error {
+			return tx.Bump(mv.To) // its desired state stops prefetching
+		})
+	}
+	var ready []string
+	_ = json.Unmarshal([]byte(target.Modules), &ready)
+	if !slices.Contains(ready, c.Module) && now.Sub(mv.PhaseAt) < m.cfg.RestoreTimeout {
+		return nil
+	}
+	err = m.store.Tx(ctx, func(tx *store.Tx) error {
+		c, err := tx.Cell(mv.Cell)
+		if err != nil {
+			return err
+		}
+		spec, err := readSpec(c.Spec)
+		if err != nil {
+			return err
+		}
+		spec.Hold = mv.ID
+		c.Spec = writeSpec(spec)
+		if err := tx.SaveCell(c, c.Node); err != nil {
+			return err
+		}
+		mv.Phase, mv.PhaseAt = PhaseHold, now
+		return tx.SaveMove(mv)
+	})
+	if err != nil {
+		return err
+	}
+	m.log.Info("move: target ready; source holds the cell", "move", mv.ID, "cell", mv.Cell, "from", mv.From, "to", mv.To)
+	m.publish(ctx, mv.From)
+	return nil
 }
 
 // stepHold waits for the source to report the cell held under the move's

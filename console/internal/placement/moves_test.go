@@ -86,6 +86,31 @@ func (f *fixture) online(node string) {
 	}
 }
 
+// ready says node has the cell's module compiled, as its actual state would.
+func (f *fixture) ready(node string) {
+	f.t.Helper()
+	if _, err := f.st.NodeSeen(f.ctx, f.ids[node], store.Seen{NowUS: f.now.UnixMicro(), WasOnline: true,
+		Fields: map[string]any{"modules": `["` + digest + `"]`}}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// prepared starts a live move and steps it past prepare (the target has
+// compiled the module).
+func (f *fixture) prepared() *store.Move {
+	f.t.Helper()
+	mv, err := f.moves.Start(f.ctx, "agg", "edge-2", ReasonManual, 0)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.ready("edge-2")
+	f.step()
+	if got := f.move(mv.ID); got.Phase != PhaseHold {
+		f.t.Fatalf("after prepare: %+v", got)
+	}
+	return mv
+}
+
 func (f *fixture) offline(node string) {
 	f.t.Helper()
 	if _, err := f.st.MarkOffline(f.ctx, f.ids[node], f.now.UnixMicro(), "test"); err != nil {
@@ -155,8 +180,24 @@ func TestMoveLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mv.Phase != PhaseHold || !mv.Open || mv.From != "edge-1" {
+	if mv.Phase != PhasePrepare || !mv.Open || mv.From != "edge-1" {
 		t.Fatalf("started %+v", mv)
+	}
+	// Prepare: the target compiles the module while the cell runs on.
+	if s := f.desired("edge-1"); s == nil || s.Hold != "" {
+		t.Fatalf("source desired %+v: no hold before the target is ready", s)
+	}
+	if mods, _ := f.st.PrefetchFor(f.ctx, "edge-2"); len(mods) != 1 || mods[0] != digest {
+		t.Fatalf("target prefetch %v", mods)
+	}
+	f.step()
+	if f.move(mv.ID).Phase != PhasePrepare {
+		t.Fatal("held before the target had the module")
+	}
+	f.ready("edge-2")
+	f.step()
+	if got := f.move(mv.ID); got.Phase != PhaseHold {
+		t.Fatalf("after the target is ready: %+v", got)
 	}
 	if s := f.desired("edge-1"); s == nil || s.Hold != mv.ID || s.Restore != "" {
 		t.Fatalf("source desired %+v, want hold %s", s, mv.ID)
@@ -203,6 +244,9 @@ func TestMoveLive(t *testing.T) {
 	if got.Phase != PhaseDone || got.Open || got.EndedAt == nil {
 		t.Fatalf("after the target runs it: %+v", got)
 	}
+	if mods, _ := f.st.PrefetchFor(f.ctx, "edge-2"); len(mods) != 0 {
+		t.Fatalf("prefetch after the move %v", mods)
+	}
 	if f.desired("edge-1") != nil {
 		t.Fatal("the source still lists the cell after the move")
 	}
@@ -215,10 +259,7 @@ func TestMoveLive(t *testing.T) {
 // released.
 func TestMoveHoldTimeout(t *testing.T) {
 	f := newFixture(t)
-	mv, err := f.moves.Start(f.ctx, "agg", "edge-2", ReasonManual, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mv := f.prepared()
 	f.report("edge-1", protocol.CellStatus{State: protocol.CellRunning, Message: "cannot hold for migration: snapshot: boom"})
 	f.now = f.now.Add(2 * time.Minute)
 	f.step()
@@ -235,7 +276,7 @@ func TestMoveHoldTimeout(t *testing.T) {
 // which resumes the instance it held.
 func TestMoveRestoreFailsRollsBack(t *testing.T) {
 	f := newFixture(t)
-	mv, _ := f.moves.Start(f.ctx, "agg", "edge-2", ReasonManual, 0)
+	mv := f.prepared()
 	f.report("edge-1", protocol.CellStatus{State: protocol.CellHeld, Checkpoint: &protocol.CheckpointInfo{ID: mv.ID}})
 	f.checkpoint(mv.ID, "edge-1", 1)
 	f.step()
@@ -281,6 +322,29 @@ func TestMoveFromOfflineNodeRestoresNewestCheckpoint(t *testing.T) {
 	f.step()
 	if got := f.move(mv.ID); got.Phase != PhaseDone {
 		t.Fatalf("move %+v", got)
+	}
+}
+
+// A target that does not report the module compiled in time gets the move
+// anyway (it compiles after the hold); one that goes offline aborts it.
+func TestMovePrepare(t *testing.T) {
+	f := newFixture(t)
+	mv, _ := f.moves.Start(f.ctx, "agg", "edge-2", ReasonManual, 0)
+	f.now = f.now.Add(2 * time.Minute)
+	f.step()
+	if got := f.move(mv.ID); got.Phase != PhaseHold {
+		t.Fatalf("after the prepare timeout: %+v", got)
+	}
+
+	g := newFixture(t)
+	mv, _ = g.moves.Start(g.ctx, "agg", "edge-2", ReasonManual, 0)
+	g.offline("edge-2")
+	g.step()
+	if got := g.move(mv.ID); got.Phase != PhaseAborted || got.Open {
+		t.Fatalf("target offline during prepare: %+v", got)
+	}
+	if s := g.desired("edge-1"); s == nil || s.Hold != "" {
+		t.Fatalf("source desired %+v", s)
 	}
 }
 

@@ -30,6 +30,9 @@ var migrations = []struct {
 	{"placement: apps, cell app/holder/binding columns, checkpoints, moves, planner decisions", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&Cell{}, &App{}, &Checkpoint{}, &Move{}, &Decision{})
 	}},
+	{"nodes: modules compiled and ready (migrations prefetch them)", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&Node{})
+	}},
 }
 
 // SchemaVersion is the number of migrations this build knows.

@@ -55,6 +55,7 @@ type Node struct {
 	StatusUS       int64  `gorm:"not null;default:0"` // when Status last changed
 	LastTelemetry  string `gorm:"type:text"`          // JSON of the newest sample
 	LastSampleUS   int64  `gorm:"not null;default:0"`
+	Modules        string `gorm:"type:text"` // JSON digests the node reported compiled and ready
 	EnrolledAt     time.Time
 	CreatedAt      time.Time
 	UpdatedAt      time.Time

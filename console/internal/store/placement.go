@@ -343,3 +343,12 @@ func (s *Store) PruneDecisions(ctx context.Context, keep int) (int64, error) {
 	res := s.db.WithContext(ctx).Where("id <= ?", cutoff.ID).Delete(&Decision{})
 	return res.RowsAffected, res.Error
 }
+
+// PrefetchFor lists the modules of cells with an open move to node: the
+// node compiles them ahead so the move's downtime does not include it.
+func (s *Store) PrefetchFor(ctx context.Context, node string) ([]string, error) {
+	var mods []string
+	err := s.db.WithContext(ctx).Table("moves").Joins("JOIN cells ON cells.id = moves.cell").
+		Where("moves.open = ? AND moves.to_node = ?", true, node).Distinct().Order("cells.module").Pluck("cells.module", &mods).Error
+	return mods, err
+}

@@ -201,6 +201,9 @@ func (a *Agent) connect() {
 		c.Subscribe(a.topics.Node(a.cfg.Name, protocol.LeafRequests), 1, func(_ paho.Client, m paho.Message) {
 			go a.serveRequest(m.Payload())
 		})
+		c.Subscribe(a.topics.AllTissues(), 1, func(_ paho.Client, m paho.Message) {
+			a.cells.tissueMessage(m.Topic(), m.Payload())
+		})
 		a.wake()
 	})
 	opts.SetConnectionLostHandler(func(_ paho.Client, err error) {

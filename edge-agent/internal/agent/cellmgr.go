@@ -32,6 +32,9 @@ type cellManager struct {
 	publish func(topic string, payload []byte) // local sensor broker: cell outputs
 	streams *streamManager                     // durable inputs; nil in tests without streams
 
+	persist   sync.Mutex // serialises writing desired.json
+	persisted int64      // the generation in desired.json
+
 	mu      sync.Mutex
 	desired protocol.Desired
 	cells   map[string]*runningCell
@@ -40,6 +43,7 @@ type cellManager struct {
 	// goroutine only), so a restart or a second cell of the same module
 	// starts in microseconds instead of reloading from the disk cache.
 	loaded map[string]*cells.Module
+	ready  []string // digests in loaded, for the actual state (guarded by mu)
 }
 
 // runningCell is one desired cell and what became of it.
@@ -50,14 +54,35 @@ type runningCell struct {
 	message  string
 	restarts int
 	retryAt  time.Time
-	queue    chan inputRecord
-	done     chan struct{}
+	done     chan struct{} // closed when the worker exits
 	readers  chan struct{} // closed to stop the stream readers
 	readWG   sync.WaitGroup
 	offsets  map[string]uint64
 	outputs  []protocol.Output
 	lastStat cells.Stats
 	events   []protocol.CellEvent
+
+	// gate is held while a batch is delivered (handled and, for a stream,
+	// its cursor committed). A checkpoint takes it to find a quiescent
+	// point: no call in progress, every cursor matching the cell's state.
+	gate sync.Mutex
+	// The fields below are guarded by cellManager.mu.
+	inbox      []inputRecord // topic records received, not yet handled
+	signal     chan struct{} // wakes the worker (capacity 1)
+	stopping   bool          // the worker exits at its next turn
+	holding    string        // the hold checkpoint in effect: no input is delivered
+	crashed    bool          // restarted after a trap: start fresh, not from a checkpoint
+	seq        uint64        // newest checkpoint sequence along the cell's lineage
+	ckpt       *protocol.CheckpointInfo
+	restored   string // the checkpoint the running cell came from
+	ckptBusy   bool
+	ckptAt     time.Time
+	tissueOut  map[string]*tissueOut // by receiver name: messages sent, not yet acknowledged
+	tissueSeen map[string]uint64     // by sender name: the last message taken
+	// tissueAhead holds messages that arrived before their turn, by sender.
+	tissueAhead map[string]map[uint64]protocol.TissueMessage
+	uploaded    string // the hold checkpoint the console confirmed
+	holdFailed  string // a hold that could not be taken (not retried)
 }
 
 type inputRecord struct {
@@ -112,9 +137,17 @@ func (m *cellManager) setDesired(payload []byte) {
 	}
 	m.desired = d
 	m.mu.Unlock()
-	if err := writeFileAtomic(filepath.Join(m.dataDir, desiredFile), d, 0o600); err != nil {
-		m.log.Error("desired state not persisted", "err", err)
+	// Two deliveries may race here (paho does not order them); the file
+	// write is serialised, and a stale one never overwrites a newer one.
+	m.persist.Lock()
+	if d.Generation >= m.persisted {
+		if err := writeFileAtomic(filepath.Join(m.dataDir, desiredFile), d, 0o600); err != nil {
+			m.log.Error("desired state not persisted", "err", err)
+		} else {
+			m.persisted = d.Generation
+		}
 	}
+	m.persist.Unlock()
 	if m.streams != nil {
 		if err := m.streams.apply(d.Streams); err != nil {
 			m.log.Error("streams of the desired state not all open", "err", err)
@@ -165,17 +198,37 @@ func (m *cellManager) reconcile(ctx context.Context) {
 	for _, s := range m.desired.Cells {
 		inUse[s.Module] = true
 	}
+	for _, d := range m.desired.Prefetch {
+		inUse[d] = true
+	}
 	for digest, mod := range m.loaded {
 		if !inUse[digest] {
 			mod.Close()
 			delete(m.loaded, digest)
+			m.ready = slices.DeleteFunc(m.ready, func(d string) bool { return d == digest })
 		}
 	}
-	var stop []*runningCell
+	prefetch := slices.Clone(m.desired.Prefetch)
+	var stop, removed []*runningCell
+	var holds []*runningCell
 	for id, rc := range m.cells {
-		if s, ok := want[id]; !ok || !sameSpec(s, rc.spec) {
+		s, ok := want[id]
+		switch {
+		case !ok:
+			removed = append(removed, rc)
+			delete(m.cells, id)
+		case !sameRun(s, rc.spec):
 			stop = append(stop, rc)
 			delete(m.cells, id)
+		default:
+			// Only the migration and checkpoint fields changed: the
+			// running cell stays; a hold is taken or released.
+			rc.spec = s
+			if s.Hold != "" && rc.uploaded != s.Hold && rc.holdFailed != s.Hold && rc.cell != nil && !rc.ckptBusy {
+				holds = append(holds, rc)
+			} else if s.Hold == "" && rc.holding != "" {
+				m.releaseLocked(rc)
+			}
 		}
 	}
 	var start []*runningCell
@@ -190,16 +243,36 @@ func (m *cellManager) reconcile(ctx context.Context) {
 			start = append(start, rc)
 		}
 	}
+	periodic := m.checkpointsDueLocked(now)
+	resend := m.retryTissuesLocked(now)
 	m.mu.Unlock()
-	for _, rc := range stop {
+	for _, f := range resend {
+		f()
+	}
+	for _, rc := range removed {
 		m.stopCell(rc, "removed from desired state")
+		m.dropLocalCheckpoints(rc.spec.ID)
+	}
+	for _, rc := range stop {
+		m.stopCell(rc, "spec changed")
 	}
 	for _, rc := range start {
 		m.startCell(ctx, rc)
 	}
+	m.prefetch(ctx, prefetch)
+	for _, rc := range holds {
+		m.hold(ctx, rc)
+	}
+	for _, rc := range periodic {
+		go m.periodicCheckpoint(ctx, rc)
+	}
 }
 
-func sameSpec(a, b protocol.CellSpec) bool {
+// sameRun reports whether two specs describe the same running cell: they
+// may differ only in the fields that drive checkpoints and migrations.
+func sameRun(a, b protocol.CellSpec) bool {
+	a.Hold, a.Restore, a.CheckpointSeconds = "", "", 0
+	b.Hold, b.Restore, b.CheckpointSeconds = "", "", 0
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return string(x) == string(y)
@@ -207,31 +280,36 @@ func sameSpec(a, b protocol.CellSpec) bool {
 
 func (m *cellManager) startCell(ctx context.Context, rc *runningCell) {
 	id := rc.spec.ID
-	mod, ok := m.loaded[rc.spec.Module]
-	if !ok {
-		// A module this node ran before comes back from its compiled code on disk,
-		// without reading or hashing the .wasm (a Go cell: ≈2 ms instead of ≈25 ms).
-		var err error
-		if mod, err = m.rt.LoadCached(rc.spec.Module); errors.Is(err, cells.ErrNotCached) {
-			var wasm []byte
-			if wasm, err = m.module(ctx, rc.spec.Module); err != nil {
-				m.fail(rc, fmt.Sprintf("module: %v", err), !errors.Is(err, errModulePermanent))
-				return
-			}
-			mod, err = m.rt.Load(wasm, rc.spec.Module)
-		}
-		if err != nil {
+	mod, err := m.loadModule(ctx, rc.spec.Module)
+	if err != nil {
+		var dl *downloadError
+		if errors.As(err, &dl) {
+			m.fail(rc, fmt.Sprintf("module: %v", dl.err), !errors.Is(dl.err, errModulePermanent))
+		} else {
 			m.fail(rc, err.Error(), false)
-			return
 		}
-		m.loaded[rc.spec.Module] = mod
+		return
 	}
 	l := rc.spec.Limits
 	spec := cells.Spec{ID: id, Config: rc.spec.Config, Outputs: rc.spec.Outputs, Limits: cells.Limits{
 		MemoryBytes: l.MemoryBytes, FuelPerCall: l.FuelPerCall, MaxInputBytes: l.MaxInputBytes,
 		MaxOutputPerSec: l.MaxOutputPerSec, CallTimeout: time.Duration(l.CallTimeoutMS) * time.Millisecond,
 	}}
-	cell, err := m.rt.Start(ctx, mod, spec, func(stream string, data []byte) { m.output(rc, stream, data) })
+	if rc.spec.App != "" {
+		spec.Send = func(to string, data []byte) int32 { return m.send(rc, to, data) }
+	}
+	out := func(stream string, data []byte) { m.output(rc, stream, data) }
+	ck, err := m.restorePoint(ctx, rc, l.MemoryBytes)
+	if err != nil {
+		m.fail(rc, err.Error(), true)
+		return
+	}
+	var cell *cells.Cell
+	if ck != nil {
+		cell, err = m.rt.Restore(ctx, mod, spec, out, ck.snap)
+	} else {
+		cell, err = m.rt.Start(ctx, mod, spec, out)
+	}
 	if err != nil {
 		// A module that loads but will not start with this spec is
 		// retried with backoff: its init may depend on the moment.
@@ -240,11 +318,70 @@ func (m *cellManager) startCell(ctx context.Context, rc *runningCell) {
 	}
 	m.mu.Lock()
 	rc.cell, rc.state, rc.message = cell, protocol.CellRunning, ""
-	rc.queue, rc.done = make(chan inputRecord, cellQueue), make(chan struct{})
+	rc.done, rc.signal, rc.stopping, rc.crashed = make(chan struct{}), make(chan struct{}, 1), false, false
+	if ck != nil {
+		m.applyCheckpointLocked(rc, ck)
+	}
+	done, signal := rc.done, rc.signal
 	m.mu.Unlock()
-	go m.work(rc, cell, rc.queue, rc.done)
+	go m.work(rc, cell, signal, done)
 	m.startReaders(rc, cell)
+	if ck != nil {
+		m.log.Info("cell restored", "cell", id, "module", rc.spec.Module[:12], "checkpoint", ck.ID, "seq", ck.Seq,
+			"from_node", ck.Node, "from_arch", ck.Arch, "inbox", len(ck.Inbox), "held", rc.holding != "")
+		return
+	}
 	m.log.Info("cell started", "cell", id, "module", rc.spec.Module[:12], "restarts", rc.restarts)
+}
+
+// downloadError is a module that could not be fetched (as opposed to one
+// that was fetched and does not load).
+type downloadError struct{ err error }
+
+func (e *downloadError) Error() string { return e.err.Error() }
+
+// loadModule returns a compiled module, from the ones loaded, the compiled
+// code cache on disk, or downloaded and compiled. Only the reconcile
+// goroutine calls it.
+func (m *cellManager) loadModule(ctx context.Context, digest string) (*cells.Module, error) {
+	if mod, ok := m.loaded[digest]; ok {
+		return mod, nil
+	}
+	// A module this node ran before comes back from its compiled code on disk,
+	// without reading or hashing the .wasm (a Go cell: ≈2 ms instead of ≈25 ms).
+	mod, err := m.rt.LoadCached(digest)
+	if errors.Is(err, cells.ErrNotCached) {
+		var wasm []byte
+		if wasm, err = m.module(ctx, digest); err != nil {
+			return nil, &downloadError{err}
+		}
+		mod, err = m.rt.Load(wasm, digest)
+	}
+	if err != nil {
+		return nil, err
+	}
+	m.loaded[digest] = mod
+	m.mu.Lock()
+	m.ready = append(m.ready, digest)
+	m.mu.Unlock()
+	return mod, nil
+}
+
+// prefetch compiles the modules the desired state says cells are about to
+// migrate here with, so their restore does not wait for the compiler.
+func (m *cellManager) prefetch(ctx context.Context, digests []string) {
+	for _, d := range digests {
+		if _, ok := m.loaded[d]; ok {
+			continue
+		}
+		start := time.Now()
+		if _, err := m.loadModule(ctx, d); err != nil {
+			m.log.Warn("module not prefetched", "module", d[:12], "err", err)
+			continue
+		}
+		m.log.Info("module prefetched for a migration", "module", d[:12], "took", time.Since(start))
+		m.a.publishActualSoon()
+	}
 }
 
 // fail records why a cell is not running; retry schedules a restart
@@ -274,42 +411,62 @@ func (rc *runningCell) addEvent(kind, msg string) {
 	}
 }
 
-// work feeds one cell, a batch of one input at a time, until its queue
-// closes or the cell dies.
-func (m *cellManager) work(rc *runningCell, cell *cells.Cell, queue chan inputRecord, done chan struct{}) {
+// work feeds one cell its topic records, a batch of one input at a time,
+// until it is stopped or the cell dies. A held cell takes nothing.
+func (m *cellManager) work(rc *runningCell, cell *cells.Cell, signal, done chan struct{}) {
 	defer close(done)
-	var carry *inputRecord
 	for {
-		var first inputRecord
-		if carry != nil {
-			first, carry = *carry, nil
-		} else {
-			r, ok := <-queue
-			if !ok {
-				return
-			}
-			first = r
-		}
-		batch := []cells.Record{first.rec}
-	fill:
-		for len(batch) < cellBatch {
-			select {
-			case r, ok := <-queue:
-				if !ok {
-					break fill
-				}
-				if r.input != first.input {
-					carry = &r
-					break fill
-				}
-				batch = append(batch, r.rec)
-			default:
-				break fill
-			}
-		}
-		if !m.handle(rc, cell, first.input, batch) {
+		rc.gate.Lock()
+		m.mu.Lock()
+		if rc.stopping || rc.cell != cell {
+			m.mu.Unlock()
+			rc.gate.Unlock()
 			return
 		}
+		var input string
+		var batch []cells.Record
+		if rc.holding == "" {
+			input, batch = rc.takeBatchLocked()
+		}
+		m.mu.Unlock()
+		if len(batch) == 0 {
+			rc.gate.Unlock()
+			<-signal
+			continue
+		}
+		ok := m.handle(rc, cell, input, batch)
+		rc.gate.Unlock()
+		if !ok {
+			return
+		}
+	}
+}
+
+// takeBatchLocked takes up to cellBatch records of the first waiting input.
+func (rc *runningCell) takeBatchLocked() (string, []cells.Record) {
+	if len(rc.inbox) == 0 {
+		return "", nil
+	}
+	input := rc.inbox[0].input
+	n := 0
+	for n < len(rc.inbox) && n < cellBatch && rc.inbox[n].input == input {
+		n++
+	}
+	batch := make([]cells.Record, n)
+	for i := range n {
+		batch[i] = rc.inbox[i].rec
+	}
+	rc.inbox = slices.Delete(rc.inbox, 0, n)
+	if len(rc.inbox) == 0 {
+		rc.inbox = nil // let the backing array go
+	}
+	return input, batch
+}
+
+func (rc *runningCell) wakeLocked() {
+	select {
+	case rc.signal <- struct{}{}:
+	default:
 	}
 }
 
@@ -338,7 +495,11 @@ func (m *cellManager) died(rc *runningCell, cell *cells.Cell, err error) {
 	}
 	if rc.cell == cell {
 		rc.lastStat = cell.Stats()
-		rc.cell, rc.queue, rc.done = nil, nil, nil
+		rc.cell, rc.done = nil, nil
+		rc.holding, rc.crashed = "", true
+		if rc.signal != nil {
+			rc.wakeLocked() // the worker sees the cell gone and exits
+		}
 		rc.state = protocol.CellBackoff
 		rc.message = err.Error()
 		rc.addEvent("crashed", err.Error())
@@ -354,13 +515,18 @@ func (m *cellManager) died(rc *runningCell, cell *cells.Cell, err error) {
 func (m *cellManager) stopCell(rc *runningCell, why string) {
 	m.stopReaders(rc)
 	m.mu.Lock()
-	cell, queue, done := rc.cell, rc.queue, rc.done
-	rc.cell, rc.queue = nil, nil
+	cell, done := rc.cell, rc.done
+	rc.stopping = true
+	if rc.signal != nil {
+		rc.wakeLocked()
+	}
 	m.mu.Unlock()
-	if queue != nil {
-		close(queue)
+	if done != nil {
 		<-done
 	}
+	m.mu.Lock()
+	rc.cell, rc.done = nil, nil
+	m.mu.Unlock()
 	if cell != nil {
 		cell.Close()
 		m.log.Info("cell stopped", "cell", rc.spec.ID, "why", why)
@@ -381,6 +547,9 @@ func (m *cellManager) stopAll() {
 		mod.Close()
 		delete(m.loaded, digest)
 	}
+	m.mu.Lock()
+	m.ready = nil
+	m.mu.Unlock()
 	m.rt.Close()
 }
 
@@ -390,20 +559,23 @@ func (m *cellManager) dispatch(topic string, payload []byte) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, rc := range m.cells {
-		if rc.queue == nil {
+		if rc.cell == nil || rc.holding != "" {
+			// A held cell's input stays with the source broker's other
+			// subscribers; topic inputs are not durable (use a stream).
 			continue
 		}
 		for _, in := range rc.spec.Inputs {
 			if in.Stream != "" || !slices.ContainsFunc(in.Topics, func(f string) bool { return topicMatches(f, topic) }) {
 				continue
 			}
+			if len(rc.inbox) >= cellQueue {
+				m.a.m.dropped.WithLabelValues("cell_queue_full").Inc()
+				continue
+			}
 			off := rc.offsets[in.Name]
 			rc.offsets[in.Name] = off + 1
-			select {
-			case rc.queue <- inputRecord{input: in.Name, rec: cells.Record{Offset: off, TimeNS: now, Topic: topic, Payload: payload}}:
-			default:
-				m.a.m.dropped.WithLabelValues("cell_queue_full").Inc()
-			}
+			rc.inbox = append(rc.inbox, inputRecord{input: in.Name, rec: cells.Record{Offset: off, TimeNS: now, Topic: topic, Payload: payload}})
+			rc.wakeLocked()
 		}
 	}
 }
@@ -426,7 +598,8 @@ func (m *cellManager) output(rc *runningCell, stream string, data []byte) {
 func (m *cellManager) actual() protocol.Actual {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := protocol.Actual{Node: m.a.cfg.Name, Generation: m.desired.Generation, Time: time.Now().UTC(), Cells: []protocol.CellStatus{}}
+	out := protocol.Actual{Node: m.a.cfg.Name, Generation: m.desired.Generation, Time: time.Now().UTC(), Cells: []protocol.CellStatus{},
+		Modules: slices.Sorted(slices.Values(m.ready))}
 	if m.streams != nil {
 		out.Streams = m.streams.status()
 	}
@@ -441,6 +614,7 @@ func (m *cellManager) actual() protocol.Actual {
 			RateLimited: st.RateLimited, FuelConsumed: st.FuelConsumed, MemoryBytes: int64(st.MemoryBytes),
 			LatencyP50US: float64(st.LatencyP50.Microseconds()), LatencyP99US: float64(st.LatencyP99.Microseconds()),
 			Events: slices.Clone(rc.events), RecentOutputs: slices.Clone(rc.outputs),
+			Checkpoint: rc.ckpt, RestoredFrom: rc.restored,
 		}
 		if rc.cell != nil {
 			for _, e := range rc.cell.Events() {

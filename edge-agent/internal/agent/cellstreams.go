@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -114,29 +115,63 @@ func (m *cellManager) readStream(rc *runningCell, cell *cells.Cell, input, strea
 		for i, r := range recs {
 			batch[i] = cells.Record{Offset: r.Offset, TimeNS: r.Time.UnixNano(), Topic: r.Topic, Payload: r.Payload}
 		}
-		err = cell.Handle(ctx, input, batch)
-		switch {
-		case err == nil:
-		case errors.Is(err, cells.ErrLimit) && strings.Contains(err.Error(), "MaxInputBytes") && len(batch) > 1:
-			// The batch encodes larger than the cell takes: smaller batches.
-			maxBytes = max(maxBytes/2, 1)
-			continue
-		case cell.Stats().Running:
-			log.Debug("cell handler error", "err", err)
-			if errors.Is(err, cells.ErrLimit) {
-				// A single record the cell can never take: skip it, said aloud.
-				m.mu.Lock()
-				rc.addEvent("record_skipped", err.Error())
-				m.mu.Unlock()
+		switch m.deliverStream(ctx, rc, cell, s, cursor, input, batch, &maxBytes, log) {
+		case deliverStop:
+			return
+		case deliverHeld:
+			if !sleepCtx(ctx, streamIdleWait) {
+				return
 			}
-		case ctx.Err() != nil:
-			return
-		default:
-			m.died(rc, cell, err) // the restart re-reads this batch: the cursor did not move
-			return
-		}
-		if err := s.CommitCursor(cursor, recs[len(recs)-1].Offset+1); err != nil {
-			log.Warn("cursor not committed; the batch may be delivered again", "err", err)
 		}
 	}
+}
+
+type deliverResult int
+
+const (
+	deliverNext deliverResult = iota
+	deliverHeld               // the cell is held for a migration: nothing delivered
+	deliverStop               // the cell died or the reader stops
+)
+
+// deliverStream hands one batch to the cell and commits the cursor past it,
+// under the cell's gate so that a checkpoint sees both or neither.
+func (m *cellManager) deliverStream(ctx context.Context, rc *runningCell, cell *cells.Cell, s *streams.Stream, cursor, input string,
+	batch []cells.Record, maxBytes *int, log *slog.Logger) deliverResult {
+	rc.gate.Lock()
+	defer rc.gate.Unlock()
+	m.mu.Lock()
+	held, gone := rc.holding != "", rc.cell != cell
+	m.mu.Unlock()
+	switch {
+	case gone:
+		return deliverStop
+	case held:
+		return deliverHeld
+	}
+	err := cell.Handle(ctx, input, batch)
+	switch {
+	case err == nil:
+	case errors.Is(err, cells.ErrLimit) && strings.Contains(err.Error(), "MaxInputBytes") && len(batch) > 1:
+		// The batch encodes larger than the cell takes: smaller batches.
+		*maxBytes = max(*maxBytes/2, 1)
+		return deliverNext
+	case cell.Stats().Running:
+		log.Debug("cell handler error", "err", err)
+		if errors.Is(err, cells.ErrLimit) {
+			// A single record the cell can never take: skip it, said aloud.
+			m.mu.Lock()
+			rc.addEvent("record_skipped", err.Error())
+			m.mu.Unlock()
+		}
+	case ctx.Err() != nil:
+		return deliverStop
+	default:
+		m.died(rc, cell, err) // the restart re-reads this batch: the cursor did not move
+		return deliverStop
+	}
+	if err := s.CommitCursor(cursor, batch[len(batch)-1].Offset+1); err != nil {
+		log.Warn("cursor not committed; the batch may be delivered again", "err", err)
+	}
+	return deliverNext
 }

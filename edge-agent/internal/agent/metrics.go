@@ -16,6 +16,8 @@ type agentMetrics struct {
 	outboxBytes     prometheus.Gauge
 	connected       prometheus.Gauge
 	connects        prometheus.Counter
+	checkpoints     *prometheus.CounterVec
+	restores        prometheus.Counter
 }
 
 func newMetrics() *agentMetrics {
@@ -31,8 +33,10 @@ func newMetrics() *agentMetrics {
 		outboxBytes:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "cloudskin_agent_outbox_bytes", Help: "Size of the on-disk telemetry outbox."}),
 		connected:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "cloudskin_agent_mqtt_connected", Help: "1 while connected to the MQTT broker."}),
 		connects:        prometheus.NewCounter(prometheus.CounterOpts{Name: "cloudskin_agent_mqtt_connects_total", Help: "Successful MQTT (re)connections."}),
+		checkpoints:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cloudskin_agent_cell_checkpoints_total", Help: "Cell checkpoints taken, by reason (periodic, hold)."}, []string{"reason"}),
+		restores:        prometheus.NewCounter(prometheus.CounterOpts{Name: "cloudskin_agent_cell_restores_total", Help: "Cells started from a checkpoint."}),
 	}
 	r.MustRegister(m.samples, m.sampleErrors, m.published, m.publishFailures, m.dropped, m.outboxRecords,
-		m.outboxBytes, m.connected, m.connects, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.outboxBytes, m.connected, m.connects, m.checkpoints, m.restores, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
