@@ -44,8 +44,8 @@ func (s *Service) fleetView(ctx context.Context, cells []store.Cell) ([]planner.
 		if r.Labels != "" {
 			_ = json.Unmarshal([]byte(r.Labels), &n.Labels)
 		}
-		if !n.Online {
-			n.OfflineSince = time.UnixMicro(r.StatusUS)
+		if !n.Online && r.StatusUS > 0 {
+			n.OfflineSince = time.UnixMicro(r.StatusUS) // zero: never seen, offline past any grace
 		}
 		if n.Labels["power"] == planner.PowerGreen {
 			n.Power = planner.PowerGreen

@@ -228,6 +228,17 @@ func (s *Service) Migrate(ctx context.Context, cellID, to, by string) (*store.Mo
 	if c.HeldOn != "" {
 		return nil, nil, fmt.Errorf("%w: cell %s is already moving", ErrConflict, cellID)
 	}
+	if to != "" {
+		if err := protocol.ValidateNodeName(to); err != nil {
+			return nil, nil, fmt.Errorf("%w: to: %v", ErrInvalid, err)
+		}
+		if to == c.Node {
+			return nil, nil, fmt.Errorf("%w: cell %s already runs on %s", ErrInvalid, cellID, to)
+		}
+		if _, err := s.store.NodeByName(ctx, to); err != nil {
+			return nil, nil, err
+		}
+	}
 	_, apps, nodes, err := s.snapshot(ctx)
 	if err != nil {
 		return nil, nil, err
