@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // DefaultPrefix is the versioned root of every CloudSkin topic.
@@ -30,11 +31,14 @@ const (
 	LeafEvents    = "events"
 	LeafRequests  = "requests" // console → node: Request (not retained)
 	LeafReplies   = "replies"  // node → console: Reply
+	// LeafPositions carries moving targets' positions a node sees (a
+	// vehicle's GPS on its sensor broker): Position messages.
+	LeafPositions = "positions"
 )
 
 // NodeWritable are the leaves a node may publish to under its own subtree.
 // Everything else, its own desired state above all, is the console's to write.
-var NodeWritable = []string{LeafTelemetry, LeafStatus, LeafActual, LeafEvents, LeafReplies}
+var NodeWritable = []string{LeafTelemetry, LeafStatus, LeafActual, LeafEvents, LeafReplies, LeafPositions}
 
 // NodeReadable are the leaves a node may subscribe to under its own subtree.
 var NodeReadable = []string{LeafDesired, LeafRequests}
@@ -89,7 +93,9 @@ func (t Topics) Node(node, leaf string) string {
 // {prefix}/tissues/{tissue}/{cell}; acknowledgements go back on
 // {prefix}/tissues/{tissue}/{sender}/ack. Every node may use tissue topics
 // (cells move between nodes); the messages carry no node credentials.
-func (t Topics) Tissue(tissue, cell string) string { return t.Prefix + "/tissues/" + tissue + "/" + cell }
+func (t Topics) Tissue(tissue, cell string) string {
+	return t.Prefix + "/tissues/" + tissue + "/" + cell
+}
 
 // TissueAck is where a cell's messages are acknowledged to it.
 func (t Topics) TissueAck(tissue, cell string) string { return t.Tissue(tissue, cell) + "/ack" }
@@ -166,3 +172,28 @@ func ValidateNodeName(name string) error {
 // ClientID is the MQTT client id a node must use. Tying it to the username
 // stops one node from taking over (disconnecting) another node's session.
 func ClientID(node string) string { return "node-" + node }
+
+// Position is where a moving target was seen, published by a node on
+// nodes/{node}/positions; the Planner moves cells that follow the target.
+type Position struct {
+	Target string    `json:"target"`
+	Lat    float64   `json:"lat"`
+	Lon    float64   `json:"lon"`
+	Time   time.Time `json:"time"`
+}
+
+var targetIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// ValidTargetID reports whether id may name a moving target.
+func ValidTargetID(id string) bool { return targetIDRE.MatchString(id) }
+
+// Validate checks a position.
+func (p *Position) Validate() error {
+	if !ValidTargetID(p.Target) {
+		return invalid("position: target %q: use 1-63 letters, digits, '.', '_' or '-'", p.Target)
+	}
+	if p.Lat < -90 || p.Lat > 90 || p.Lon < -180 || p.Lon > 180 || p.Lat != p.Lat || p.Lon != p.Lon {
+		return invalid("position of %s: (%v, %v) is not on Earth", p.Target, p.Lat, p.Lon)
+	}
+	return nil
+}

@@ -25,6 +25,7 @@ func (s *Server) registerPlacement(v1 *echo.Group) {
 	v1.GET("/moves", s.listMoves, s.userAuth)
 	v1.GET("/moves/:id", s.getMove, s.userAuth)
 	v1.GET("/decisions", s.listDecisions, s.userAuth)
+	v1.GET("/targets", s.listTargets, s.userAuth)
 	v1.POST("/apps", s.createApp, s.userAuth, s.requireRole(cellWriteRoles...))
 	v1.GET("/apps", s.listApps, s.userAuth)
 	v1.GET("/apps/:name", s.getApp, s.userAuth)
@@ -236,4 +237,9 @@ func queryInt(c echo.Context, name string, def, lo, hi int) (int, error) {
 		return 0, echo.NewHTTPError(http.StatusBadRequest, name+": must be a number from "+strconv.Itoa(lo)+" to "+strconv.Itoa(hi))
 	}
 	return n, nil
+}
+
+// listTargets: the moving targets' newest positions, as nodes reported them.
+func (s *Server) listTargets(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]any{"targets": s.Placement.Targets()})
 }

@@ -57,7 +57,13 @@ type Service struct {
 	// onActual holds a func(node string) called after a node's actual
 	// state is stored (a migration waiting on it steps at once).
 	onActual atomic.Value
+	// onPosition holds a func(protocol.Position) called with every valid
+	// moving-target position a node reports.
+	onPosition atomic.Value
 }
+
+// OnPosition sets what is called with every moving-target position.
+func (s *Service) OnPosition(f func(protocol.Position)) { s.onPosition.Store(f) }
 
 // OnActual sets what is called after a node's actual state is stored.
 func (s *Service) OnActual(f func(node string)) { s.onActual.Store(f) }

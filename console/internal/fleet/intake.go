@@ -55,6 +55,8 @@ func (s *Service) Sink(ctx context.Context, topic string, payload []byte) error 
 			s.cfg.Replies(node, payload)
 		}
 		return nil
+	case protocol.LeafPositions:
+		return s.position(ctx, n, payload)
 	case protocol.LeafEvents:
 		// Events have no consumer yet; they prove the node is alive.
 		return s.seen(ctx, n, nil)
@@ -251,4 +253,26 @@ func (s *Service) actual(ctx context.Context, n *store.Node, payload []byte) err
 	mods, _ := json.Marshal(a.Modules)
 	s.log.Debug("actual state received", "node", n.Name, "generation", a.Generation, "cells", len(a.Cells), "streams", len(a.Streams))
 	return s.seen(ctx, n, map[string]any{"modules": string(mods)})
+}
+
+// position takes a moving target's position a node saw and hands it to the
+// placement (OnPosition).
+func (s *Service) position(ctx context.Context, n *store.Node, payload []byte) error {
+	var p protocol.Position
+	if len(payload) > 4096 {
+		s.m.Reject(metrics.RejectUnknownTopic)
+		return fmt.Errorf("%w: position of %d bytes", ErrInvalid, len(payload))
+	}
+	if err := json.Unmarshal(payload, &p); err != nil {
+		s.log.Warn("position refused: malformed", "node", n.Name, "err", err)
+		return fmt.Errorf("%w: position: %v", ErrInvalid, err)
+	}
+	if err := p.Validate(); err != nil {
+		s.log.Warn("position refused", "node", n.Name, "err", err)
+		return err
+	}
+	if f, _ := s.onPosition.Load().(func(protocol.Position)); f != nil {
+		f(p)
+	}
+	return s.seen(ctx, n, nil)
 }

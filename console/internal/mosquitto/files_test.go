@@ -31,6 +31,7 @@ pattern write cloudskin/v1/nodes/%u/status
 pattern write cloudskin/v1/nodes/%u/actual
 pattern write cloudskin/v1/nodes/%u/events
 pattern write cloudskin/v1/nodes/%u/replies
+pattern write cloudskin/v1/nodes/%u/positions
 pattern read cloudskin/v1/nodes/%u/desired
 pattern read cloudskin/v1/nodes/%u/requests
 
@@ -56,6 +57,7 @@ pattern write acme/edge/nodes/%u/status
 pattern write acme/edge/nodes/%u/actual
 pattern write acme/edge/nodes/%u/events
 pattern write acme/edge/nodes/%u/replies
+pattern write acme/edge/nodes/%u/positions
 pattern read acme/edge/nodes/%u/desired
 pattern read acme/edge/nodes/%u/requests
 

@@ -43,8 +43,11 @@ type Service struct {
 	now         func() time.Time
 	kick        chan struct{}
 
-	mu      sync.Mutex // one planning round or app change at a time
-	targets map[string]planner.Point
+	mu sync.Mutex // one planning round or app change at a time
+
+	tmu      sync.Mutex // guards the moving targets
+	targets  map[string]planner.Point
+	targetAt map[string]time.Time
 }
 
 // New returns the placement service; pred may be nil (no learning plane).
@@ -63,7 +66,7 @@ func New(cfg Config, st *store.Store, cs *cells.Service, objs objects.Store, pre
 	return &Service{
 		cfg: cfg, store: st, cells: cs, planner: p, log: log, now: time.Now, kick: make(chan struct{}, 1),
 		Moves: NewMoves(cfg.Moves, st, cs, log), Checkpoints: NewCheckpoints(st, objs, log),
-		targets: map[string]planner.Point{},
+		targets: map[string]planner.Point{}, targetAt: map[string]time.Time{},
 	}, nil
 }
 
@@ -77,10 +80,27 @@ func (s *Service) Kick() {
 
 // SetTarget records a moving target's position.
 func (s *Service) SetTarget(id string, p planner.Point) {
-	s.mu.Lock()
+	s.tmu.Lock()
 	s.targets[id] = p
-	s.mu.Unlock()
-	s.Kick()
+	s.targetAt[id] = s.now().UTC()
+	s.tmu.Unlock()
+}
+
+// TargetView is a moving target's newest position.
+type TargetView struct {
+	planner.Point
+	Time time.Time `json:"time"`
+}
+
+// Targets returns the moving targets' newest positions.
+func (s *Service) Targets() map[string]TargetView {
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	out := make(map[string]TargetView, len(s.targets))
+	for id, p := range s.targets {
+		out[id] = TargetView{Point: p, Time: s.targetAt[id]}
+	}
+	return out
 }
 
 // Run steps moves on every kick and plans every Interval until ctx ends.
@@ -182,6 +202,8 @@ func (s *Service) Round(ctx context.Context) error {
 }
 
 func (s *Service) targetsCopy() map[string]planner.Point {
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
 	out := make(map[string]planner.Point, len(s.targets))
 	for k, v := range s.targets {
 		out[k] = v

@@ -120,6 +120,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("planner: %w", err)
 	}
 	fl.OnActual(func(string) { pl.Kick() })
+	fl.OnPosition(func(p protocol.Position) { pl.SetTarget(p.Target, planner.Point{Lat: p.Lat, Lon: p.Lon}) })
 
 	ln, err := net.Listen("tcp", cfg.HTTP)
 	if err != nil {

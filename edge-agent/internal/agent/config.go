@@ -46,6 +46,10 @@ type Config struct {
 	Streams             []protocol.StreamSpec `yaml:"streams"`
 	SpillBandwidth      int64                 `yaml:"spill_bandwidth"`
 	RehydrateCacheBytes int64                 `yaml:"rehydrate_cache_bytes"`
+	// TargetTopics are sensor-broker filters carrying moving targets' GPS
+	// as JSON {"lat":…,"lon":…} (optionally "target"); the agent forwards
+	// the positions to the console so cells can follow their target.
+	TargetTopics []string `yaml:"target_topics"`
 }
 
 // DefaultConfig is what `cloudskin-agent run` uses with no flags.
@@ -87,6 +91,7 @@ func (c *Config) Define(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.IngestBroker, "ingest-broker", c.IngestBroker, "existing local MQTT broker (tcp://host:port) to subscribe to for stream topics; empty: the agent's own broker on --sensors")
 	fs.StringVar(&c.IngestClientID, "ingest-client-id", c.IngestClientID, "client id of the persistent session on --ingest-broker (default cloudskin-ingest-<name>)")
+	fs.Var((*listFlag)(&c.TargetTopics), "target-topic", "sensor-broker filter carrying a moving target's GPS as JSON {\"lat\",\"lon\"}; the target is the payload's \"target\" or the level the filter's first + matches (repeatable)")
 	fs.Var((*streamFlag)(&c.Streams), "stream", "declare a local stream as JSON, e.g. '{\"name\":\"sensors\",\"topics\":[\"sensors/#\"],\"spill\":true}' (repeatable)")
 	fs.Int64Var(&c.SpillBandwidth, "spill-bandwidth", c.SpillBandwidth, "bytes per second the node may use to upload spilled segments; 0: no cap")
 	fs.Int64Var(&c.RehydrateCacheBytes, "rehydrate-cache-bytes", c.RehydrateCacheBytes, "disk cache for spilled segments read back from the object store")
@@ -160,6 +165,11 @@ func (c *Config) Validate() error {
 		}
 		names[c.Streams[i].Name] = true
 	}
+	for _, f := range c.TargetTopics {
+		if err := protocol.ValidateFilter(f); err != nil {
+			errs = append(errs, fmt.Errorf("target-topic %q: %w", f, err))
+		}
+	}
 	if c.SpillBandwidth < 0 || c.RehydrateCacheBytes < 0 {
 		errs = append(errs, errors.New("spill-bandwidth/rehydrate-cache-bytes: must not be negative"))
 	}
@@ -188,5 +198,15 @@ func (f *streamFlag) Set(v string) error {
 		return fmt.Errorf("stream %q: %w", v, err)
 	}
 	*f = append(*f, s)
+	return nil
+}
+
+// listFlag collects a repeatable string flag.
+type listFlag []string
+
+func (f *listFlag) String() string { return strings.Join(*f, ",") }
+
+func (f *listFlag) Set(v string) error {
+	*f = append(*f, v)
 	return nil
 }

@@ -24,7 +24,7 @@ func (a *Agent) startIngest() (func(), error) {
 			}
 		})
 		a.cells.publish = func(t string, p []byte) { _ = x.Publish(t, p) }
-		if err := x.Subscribe("#", a.cells.dispatch); err != nil {
+		if err := x.Subscribe("#", a.sensorMessage()); err != nil {
 			x.Close()
 			return nil, err
 		}
@@ -37,11 +37,24 @@ func (a *Agent) startIngest() (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := e.Subscribe("#", a.cells.dispatch); err != nil {
+	if err := e.Subscribe("#", a.sensorMessage()); err != nil {
 		e.Close()
 		return nil, err
 	}
 	a.cells.publish = func(t string, p []byte) { _ = e.Publish(t, p) }
 	a.log.Info("sensor broker listening", "addr", e.Addr())
 	return func() { e.Close() }, nil
+}
+
+// sensorMessage is what every sensor message goes to: the cells' topic
+// inputs, and the forwarder of moving targets' positions.
+func (a *Agent) sensorMessage() func(topic string, payload []byte) {
+	if len(a.cfg.TargetTopics) == 0 {
+		return a.cells.dispatch
+	}
+	fw := newTargetForwarder(a)
+	return func(topic string, payload []byte) {
+		fw.observe(topic, payload)
+		a.cells.dispatch(topic, payload)
+	}
 }
