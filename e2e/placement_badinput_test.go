@@ -68,6 +68,7 @@ func TestPlacementBadInput(t *testing.T) {
 		{"checkpoint: unknown cell", "PUT", "/api/v1/cells/nope/checkpoints/c1", basic("edge-1", e1.Credential), "data", 404},
 		{"checkpoint read: another node", "GET", "/api/v1/cells/pinned/checkpoints/c1", basic("edge-2", e2.Credential), "", 403},
 		{"checkpoint read: unknown", "GET", "/api/v1/cells/pinned/checkpoints/c9", bearer, "", 404},
+		{"stream records: another node's stream, no cell reads it", "GET", "/api/v1/nodes/edge-1/streams/sensors/records", basic("edge-2", e2.Credential), "", 403},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -55,6 +55,11 @@ type Input struct {
 	Name   string   `json:"name"`
 	Topics []string `json:"topics,omitempty"`
 	Stream string   `json:"stream,omitempty"`
+	// Node holds Stream when it is not the node the cell runs on: a cell
+	// that migrated keeps reading its old node's stream from where it
+	// stopped, through the console (the node while it is online, the cloud
+	// tier for what it spilled). Set by the console when it moves a cell.
+	Node string `json:"node,omitempty"`
 }
 
 // CellLimits bound one cell; zero values take the agent's defaults.
@@ -162,9 +167,16 @@ func (c *CellSpec) Validate() error {
 			return invalid("cell %s: an input needs a name", c.ID)
 		case in.Stream != "" && len(in.Topics) > 0:
 			return invalid("cell %s: input %q names a stream and topics; use one", c.ID, in.Name)
+		case in.Node != "" && in.Stream == "":
+			return invalid("cell %s: input %q names a node but no stream", c.ID, in.Name)
 		case in.Stream != "":
 			if err := ValidateStreamName(in.Stream); err != nil {
 				return invalid("cell %s: input %q: %v", c.ID, in.Name, err)
+			}
+			if in.Node != "" {
+				if err := ValidateNodeName(in.Node); err != nil {
+					return invalid("cell %s: input %q: %v", c.ID, in.Name, err)
+				}
 			}
 		case len(in.Topics) == 0 || len(in.Topics) > 16:
 			return invalid("cell %s: input %q needs a stream or 1-16 topic filters", c.ID, in.Name)

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"net/http"
 	"strconv"
 	"time"
@@ -22,7 +23,7 @@ import (
 func (s *Server) registerStreams(v1 *echo.Group) {
 	v1.GET("/nodes/:name/streams", s.listStreams, s.userAuth)
 	v1.GET("/nodes/:name/streams/:stream", s.getStream, s.userAuth)
-	v1.GET("/nodes/:name/streams/:stream/records", s.streamRecords, s.userAuth)
+	v1.GET("/nodes/:name/streams/:stream/records", s.streamRecords, s.userOrNodeAuth(segmentReadRoles...))
 	v1.PUT("/nodes/:name/streams/:stream", s.putStream, s.userAuth, s.requireRole(cellWriteRoles...))
 	v1.DELETE("/nodes/:name/streams/:stream", s.deleteStream, s.userAuth, s.requireRole(cellWriteRoles...))
 }
@@ -119,6 +120,11 @@ func (s *Server) streamRecords(c echo.Context) error {
 	}
 	if _, err := s.Fleet.Node(ctx, node); err != nil {
 		return err
+	}
+	if reader, ok := c.Get("node").(string); ok {
+		if err := s.mayReadRemote(c, reader, node, name); err != nil {
+			return err
+		}
 	}
 	q := c.QueryParams()
 	limit := 100
@@ -218,4 +224,28 @@ func (s *Server) offsetAt(c echo.Context, node, name string, t time.Time) (uint6
 		return 0, echo.NewHTTPError(http.StatusNotFound, "node "+node+": "+reply.Error)
 	}
 	return reply.Offset, nil
+}
+
+// mayReadRemote lets a node read another node's stream only for a cell it
+// runs whose input names that stream on that node (a cell that migrated
+// keeps reading its old node's stream).
+func (s *Server) mayReadRemote(c echo.Context, reader, node, stream string) error {
+	cells, err := s.Store.ListCells(c.Request().Context(), reader)
+	if err != nil {
+		return err
+	}
+	for _, cl := range cells {
+		var spec protocol.CellSpec
+		if json.Unmarshal([]byte(cl.Spec), &spec) != nil {
+			continue
+		}
+		for _, in := range spec.Inputs {
+			if in.Stream == stream && in.Node == node {
+				return nil
+			}
+		}
+	}
+	s.Metrics.Reject(metrics.RejectForbidden)
+	s.Log.Warn("node refused another node's stream", "node", reader, "stream_node", node, "stream", stream)
+	return echo.NewHTTPError(http.StatusForbidden, "node "+reader+" runs no cell reading stream "+stream+" of node "+node)
 }

@@ -146,6 +146,7 @@ func (m *Moves) Start(ctx context.Context, cellID, to, reason string, decisionID
 		}
 		mv.Phase = PhaseRestore
 		spec.Hold, spec.Restore = "", ""
+		followInputs(&spec, c.Node, to)
 		if latest != nil {
 			spec.Restore, mv.Checkpoint = latest.ID, latest.ID
 		}
@@ -313,6 +314,7 @@ func (m *Moves) toRestore(ctx context.Context, mv *store.Move, now time.Time) er
 		}
 		held := c.Spec // the source keeps this spec, Hold included, until the target runs the cell
 		spec.Hold, spec.Restore = "", mv.ID
+		followInputs(&spec, mv.From, mv.To)
 		c.Node, c.HeldOn, c.HeldSpec, c.Spec, c.BoundUS = mv.To, mv.From, held, writeSpec(spec), now.UnixMicro()
 		if err := tx.SaveCell(c, mv.From, mv.To); err != nil {
 			return err
@@ -398,4 +400,22 @@ func (m *Moves) end(ctx context.Context, mv *store.Move, phase, why string, chan
 		}
 	}
 	return nil
+}
+
+// followInputs makes a cell moving from one node to another keep reading
+// the streams it read on the source: an input on the cell's own node's
+// stream now names the source; one naming the target becomes local again.
+func followInputs(spec *protocol.CellSpec, from, to string) {
+	for i := range spec.Inputs {
+		in := &spec.Inputs[i]
+		if in.Stream == "" {
+			continue
+		}
+		if in.Node == "" {
+			in.Node = from
+		}
+		if in.Node == to {
+			in.Node = ""
+		}
+	}
 }

@@ -51,6 +51,14 @@ func (m *cellManager) takeCheckpoint(rc *runningCell, id, reason string) (*check
 		TissueOut: cloneTissueOut(rc.tissueOut), TissueSeen: maps.Clone(rc.tissueSeen),
 	}
 	inputs := slices.Clone(rc.spec.Inputs)
+	for _, in := range inputs {
+		if in.Stream != "" && in.Node != "" && in.Node != m.a.cfg.Name {
+			if h.Cursors == nil {
+				h.Cursors, h.CursorNodes = map[string]uint64{}, map[string]string{}
+			}
+			h.Cursors[in.Name], h.CursorNodes[in.Name] = rc.remote[in.Name], in.Node
+		}
+	}
 	if reason == "hold" {
 		// From this point nothing more is taken: what arrives now stays with
 		// its sender (tissues) or on this node (topics), never half in the
@@ -61,7 +69,7 @@ func (m *cellManager) takeCheckpoint(rc *runningCell, id, reason string) (*check
 	snap, err := cell.Snapshot()
 	if err == nil && m.streams != nil {
 		for _, in := range inputs {
-			if in.Stream == "" {
+			if in.Stream == "" || (in.Node != "" && in.Node != m.a.cfg.Name) {
 				continue
 			}
 			if s, ok := m.streams.get(in.Stream); ok {
@@ -268,19 +276,39 @@ func (m *cellManager) restorePoint(ctx context.Context, rc *runningCell, memLimi
 	if ck.Cell != spec.ID || ck.Module != spec.Module {
 		return nil, fmt.Errorf("restore: checkpoint %s is of cell %s module %.12s, not %s module %.12s", ck.ID, ck.Cell, ck.Module, spec.ID, spec.Module)
 	}
-	// Stream cursors are offsets of this node's streams only: a cell that
-	// comes from another node continues this node's streams from its own
-	// cursors here.
-	if ck.Node == m.a.cfg.Name && m.streams != nil {
-		for _, in := range spec.Inputs {
-			off, ok := ck.Cursors[in.Name]
-			if in.Stream == "" || !ok {
-				continue
+	// A cursor is an offset of one node's stream: it applies to the input
+	// reading that very stream, here (a local stream) or remotely.
+	for _, in := range spec.Inputs {
+		off, ok := ck.Cursors[in.Name]
+		if in.Stream == "" || !ok {
+			continue
+		}
+		of := ck.CursorNodes[in.Name]
+		if of == "" {
+			of = ck.Node
+		}
+		reads := in.Node
+		if reads == "" {
+			reads = m.a.cfg.Name
+		}
+		if of != reads {
+			continue
+		}
+		if reads != m.a.cfg.Name {
+			m.mu.Lock()
+			if rc.remote == nil {
+				rc.remote = map[string]uint64{}
 			}
-			if s, ok := m.streams.get(in.Stream); ok {
-				if err := s.SetCursor(cursorName(spec.ID, in.Name), off); err != nil {
-					return nil, fmt.Errorf("restore: cursor of input %s: %w", in.Name, err)
-				}
+			rc.remote[in.Name] = off
+			m.mu.Unlock()
+			continue
+		}
+		if m.streams == nil {
+			continue
+		}
+		if s, ok := m.streams.get(in.Stream); ok {
+			if err := s.SetCursor(cursorName(spec.ID, in.Name), off); err != nil {
+				return nil, fmt.Errorf("restore: cursor of input %s: %w", in.Name, err)
 			}
 		}
 	}

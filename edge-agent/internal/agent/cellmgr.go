@@ -77,6 +77,7 @@ type runningCell struct {
 	restored   string // the checkpoint the running cell came from
 	ckptBusy   bool
 	ckptAt     time.Time
+	remote     map[string]uint64     // next offset of each input reading another node's stream
 	tissueOut  map[string]*tissueOut // by receiver name: messages sent, not yet acknowledged
 	tissueSeen map[string]uint64     // by sender name: the last message taken
 	// tissueAhead holds messages that arrived before their turn, by sender.

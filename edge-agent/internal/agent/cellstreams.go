@@ -43,6 +43,10 @@ func (m *cellManager) startReaders(rc *runningCell, cell *cells.Cell) {
 		rc.readWG.Add(1)
 		go func() {
 			defer rc.readWG.Done()
+			if in.Node != "" && in.Node != m.a.cfg.Name {
+				m.readRemote(rc, cell, in, stop)
+				return
+			}
 			m.readStream(rc, cell, in.Name, in.Stream, stop)
 		}()
 	}
@@ -115,7 +119,8 @@ func (m *cellManager) readStream(rc *runningCell, cell *cells.Cell, input, strea
 		for i, r := range recs {
 			batch[i] = cells.Record{Offset: r.Offset, TimeNS: r.Time.UnixNano(), Topic: r.Topic, Payload: r.Payload}
 		}
-		switch m.deliverStream(ctx, rc, cell, s, cursor, input, batch, &maxBytes, log) {
+		commit := func(next uint64) error { return s.CommitCursor(cursor, next) }
+		switch m.deliverStream(ctx, rc, cell, commit, input, batch, &maxBytes, log) {
 		case deliverStop:
 			return
 		case deliverHeld:
@@ -136,7 +141,7 @@ const (
 
 // deliverStream hands one batch to the cell and commits the cursor past it,
 // under the cell's gate so that a checkpoint sees both or neither.
-func (m *cellManager) deliverStream(ctx context.Context, rc *runningCell, cell *cells.Cell, s *streams.Stream, cursor, input string,
+func (m *cellManager) deliverStream(ctx context.Context, rc *runningCell, cell *cells.Cell, commit func(next uint64) error, input string,
 	batch []cells.Record, maxBytes *int, log *slog.Logger) deliverResult {
 	rc.gate.Lock()
 	defer rc.gate.Unlock()
@@ -170,7 +175,7 @@ func (m *cellManager) deliverStream(ctx context.Context, rc *runningCell, cell *
 		m.died(rc, cell, err) // the restart re-reads this batch: the cursor did not move
 		return deliverStop
 	}
-	if err := s.CommitCursor(cursor, batch[len(batch)-1].Offset+1); err != nil {
+	if err := commit(batch[len(batch)-1].Offset + 1); err != nil {
 		log.Warn("cursor not committed; the batch may be delivered again", "err", err)
 	}
 	return deliverNext

@@ -47,8 +47,11 @@ type checkpointHeader struct {
 	Arch   string    `json:"arch"`
 	Time   time.Time `json:"time"`
 	Reason string    `json:"reason"` // periodic | hold
-	// Cursors are the committed offsets of the stream inputs on Node.
-	Cursors map[string]uint64 `json:"cursors,omitempty"`
+	// Cursors are the committed offsets of the stream inputs: of Node's
+	// streams, or of CursorNodes[input]'s for an input reading another
+	// node's stream.
+	Cursors     map[string]uint64 `json:"cursors,omitempty"`
+	CursorNodes map[string]string `json:"cursor_nodes,omitempty"`
 	// TopicOffsets are the next offsets of the topic inputs.
 	TopicOffsets map[string]uint64 `json:"topic_offsets,omitempty"`
 	// Inbox holds topic records received but not yet handled, in order.
