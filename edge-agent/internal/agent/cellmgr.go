@@ -667,11 +667,10 @@ func (m *cellManager) module(ctx context.Context, digest string) ([]byte, error)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if _, err := writeAtomic(path, 0o600, func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	m.log.Info("module downloaded", "module", digest[:12], "bytes", len(b))

@@ -172,28 +172,8 @@ func (m *cellManager) writeCheckpoint(h *checkpointHeader, snap *cells.Snapshot)
 		return "", 0, err
 	}
 	path := m.checkpointPath(h.Cell, h.ID)
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	size, err := writeAtomic(path, 0o600, func(w io.Writer) error { return encodeCheckpoint(w, h, snap) })
 	if err != nil {
-		return "", 0, err
-	}
-	bw := bufio.NewWriterSize(f, 1<<20)
-	err = encodeCheckpoint(bw, h, snap)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	size, _ := f.Seek(0, io.SeekCurrent)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
 		return "", 0, fmt.Errorf("write checkpoint %s: %w", h.ID, err)
 	}
 	return path, size, nil
@@ -301,23 +281,10 @@ func (m *cellManager) downloadCheckpoint(ctx context.Context, cell, id string) (
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return "", err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return "", err
-	}
-	_, err = io.Copy(f, resp.Body)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if _, err := writeAtomic(path, 0o600, func(w io.Writer) error {
+		_, err := io.Copy(w, resp.Body)
+		return err
+	}); err != nil {
 		return "", fmt.Errorf("download checkpoint %s: %w", id, err)
 	}
 	return path, nil
