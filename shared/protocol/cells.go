@@ -60,6 +60,19 @@ type Input struct {
 	// stopped, through the console (the node while it is online, the cloud
 	// tier for what it spilled). Set by the console when it moves a cell.
 	Node string `json:"node,omitempty"`
+	// Partition of Partitions: replicas of an app share a stream, each
+	// reading the records whose offset modulo Partitions is its Partition
+	// (Partitions 0 or 1: all), from From on (when the partitioning changes
+	// every replica starts again from the lowest offset any had not read:
+	// nothing is skipped, a few records may be handled twice).
+	Partition  int    `json:"partition,omitempty"`
+	Partitions int    `json:"partitions,omitempty"`
+	From       uint64 `json:"from,omitempty"`
+}
+
+// InPartition reports whether the input takes the record at offset.
+func (in *Input) InPartition(offset uint64) bool {
+	return in.Partitions <= 1 || offset%uint64(in.Partitions) == uint64(in.Partition)
 }
 
 // CellLimits bound one cell; zero values take the agent's defaults.
@@ -114,6 +127,8 @@ type CellStatus struct {
 	Checkpoint *CheckpointInfo `json:"checkpoint,omitempty"`
 	// RestoredFrom is the checkpoint the running cell was restored from.
 	RestoredFrom string `json:"restored_from,omitempty"`
+	// Cursors are the next offsets of the cell's stream inputs, by input.
+	Cursors map[string]uint64 `json:"cursors,omitempty"`
 }
 
 // CheckpointInfo describes an uploaded checkpoint.
@@ -167,6 +182,10 @@ func (c *CellSpec) Validate() error {
 			return invalid("cell %s: an input needs a name", c.ID)
 		case in.Stream != "" && len(in.Topics) > 0:
 			return invalid("cell %s: input %q names a stream and topics; use one", c.ID, in.Name)
+		case in.Partitions < 0 || in.Partitions > 64 || in.Partition < 0 || (in.Partitions > 1 && in.Partition >= in.Partitions):
+			return invalid("cell %s: input %q: partition %d of %d", c.ID, in.Name, in.Partition, in.Partitions)
+		case (in.Partitions > 1 || in.From > 0) && in.Stream == "":
+			return invalid("cell %s: input %q: partitions need a stream", c.ID, in.Name)
 		case in.Node != "" && in.Stream == "":
 			return invalid("cell %s: input %q names a node but no stream", c.ID, in.Name)
 		case in.Stream != "":

@@ -32,6 +32,26 @@ type AppSpec struct {
 	// CheckpointSeconds is the period of the cells' checkpoints (default
 	// 60; a node lost restarts its cells elsewhere from the newest).
 	CheckpointSeconds *int `json:"checkpoint_seconds,omitempty"`
+	// Scale makes the app bursty: its replicas share its stream input, and
+	// their number follows the backlog between Min and Max (Replicas is
+	// then the current count, kept by the autoscaler).
+	Scale *Scale `json:"scale,omitempty"`
+}
+
+// Scale is a bursty app's replica range and signal.
+type Scale struct {
+	Min int `json:"min"`
+	Max int `json:"max"`
+	// BacklogPerReplica is how many unread records of the stream one
+	// replica may have before another is added (default 1000).
+	BacklogPerReplica uint64 `json:"backlog_per_replica,omitempty"`
+	// IdleSeconds without backlog take one replica away (default 30).
+	IdleSeconds int `json:"idle_seconds,omitempty"`
+	// From is where the current partitioning started, and Since when
+	// (both kept by the console: replicas' reports older than Since speak
+	// of the previous partitioning).
+	From  uint64    `json:"from,omitempty"`
+	Since time.Time `json:"since,omitzero"`
 }
 
 // AppCell is one cell of an app.
@@ -89,6 +109,14 @@ func (a *AppSpec) Validate() error {
 	if pt := a.Constraints.Point; pt != nil && (pt.Lat < -90 || pt.Lat > 90 || pt.Lon < -180 || pt.Lon > 180) {
 		return fmt.Errorf("%w: app %s: point (%g, %g) is not a position", ErrInvalid, a.Name, pt.Lat, pt.Lon)
 	}
+	if sc := a.Scale; sc != nil {
+		if sc.Min < 1 || sc.Max < sc.Min || sc.Max > MaxReplicas || sc.IdleSeconds < 0 {
+			return fmt.Errorf("%w: app %s: scale needs 1 <= min <= max <= %d and idle_seconds >= 0", ErrInvalid, a.Name, MaxReplicas)
+		}
+		if len(a.Cells) != 1 || len(a.Cells[0].Inputs) != 1 || a.Cells[0].Inputs[0].Stream == "" || a.Cells[0].Inputs[0].Node == "" {
+			return fmt.Errorf("%w: app %s: a scaled app has one cell with one stream input naming its node (the replicas share it)", ErrInvalid, a.Name)
+		}
+	}
 	seen := map[string]bool{}
 	for _, c := range a.Cells {
 		if seen[c.Name] {
@@ -132,13 +160,26 @@ func (a *AppSpec) cellSpecs() ([]protocol.CellSpec, error) {
 		if inputs == nil {
 			inputs = []protocol.Input{}
 		}
-		for i := range a.replicas() {
+		n := a.replicas()
+		for i := range n {
 			id := a.Name + "-" + c.Name
-			if a.replicas() > 1 {
+			ins := inputs
+			if a.Scale != nil {
+				// Replicas share the stream, one partition each.
+				ins = make([]protocol.Input, len(inputs))
+				for k, in := range inputs {
+					in.Partition, in.Partitions, in.From = i, n, a.Scale.From
+					if n == 1 {
+						in.Partition, in.Partitions = 0, 0
+					}
+					ins[k] = in
+				}
+			}
+			if n > 1 || a.Scale != nil {
 				id = fmt.Sprintf("%s-%d", id, i)
 			}
 			out = append(out, protocol.CellSpec{
-				ID: id, Module: strings.TrimPrefix(c.Module, "sha256:"), Config: cfg, Inputs: inputs, Outputs: c.Outputs,
+				ID: id, Module: strings.TrimPrefix(c.Module, "sha256:"), Config: cfg, Inputs: ins, Outputs: c.Outputs,
 				Limits: c.Limits, App: a.Name, CheckpointSeconds: ckpt,
 			})
 		}

@@ -45,6 +45,8 @@ type Service struct {
 
 	mu sync.Mutex // one planning round or app change at a time
 
+	idleSince map[string]time.Time // scaled apps without backlog, since when (under mu)
+
 	tmu      sync.Mutex // guards the moving targets
 	targets  map[string]planner.Point
 	targetAt map[string]time.Time
@@ -66,7 +68,7 @@ func New(cfg Config, st *store.Store, cs *cells.Service, objs objects.Store, pre
 	return &Service{
 		cfg: cfg, store: st, cells: cs, planner: p, log: log, now: time.Now, kick: make(chan struct{}, 1),
 		Moves: NewMoves(cfg.Moves, st, cs, log), Checkpoints: NewCheckpoints(st, objs, log),
-		targets: map[string]planner.Point{}, targetAt: map[string]time.Time{},
+		targets: map[string]planner.Point{}, targetAt: map[string]time.Time{}, idleSince: map[string]time.Time{},
 	}, nil
 }
 
@@ -195,6 +197,8 @@ func (s *Service) Round(ctx context.Context) error {
 			s.log.Warn("app cells not placed", "app", name, "err", err)
 		}
 	}
+	// Last, as it changes apps: the next round sees the new replicas.
+	s.autoscale(ctx, apps, cs)
 	if _, err := s.store.PruneDecisions(ctx, s.cfg.KeepDecisions); err != nil {
 		s.log.Warn("old decisions not pruned", "err", err)
 	}
@@ -287,10 +291,6 @@ func (s *Service) PutApp(ctx context.Context, spec AppSpec, by string, create bo
 	if err := spec.Validate(); err != nil {
 		return nil, false, err
 	}
-	want, err := spec.cellSpecs()
-	if err != nil {
-		return nil, false, err
-	}
 	for _, c := range spec.Cells {
 		if _, err := s.store.ModuleByDigest(ctx, c.Module); err != nil {
 			if errors.Is(err, store.ErrNotFound) {
@@ -306,42 +306,20 @@ func (s *Service) PutApp(ctx context.Context, spec AppSpec, by string, create bo
 			return nil, false, fmt.Errorf("%w: app %s exists: PUT /api/v1/apps/%s to change it", ErrConflict, spec.Name, spec.Name)
 		}
 	}
-	// A cell id an app wants must not be a hand-placed cell or another app's.
-	for _, w := range want {
-		if c, err := s.store.CellByID(ctx, w.ID); err == nil && c.App != spec.Name {
-			return nil, false, fmt.Errorf("%w: cell id %s is taken by %s", ErrConflict, w.ID, ownerOf(c))
-		}
-	}
-	raw, _ := json.Marshal(&spec)
-	created, err := s.store.PutApp(ctx, &store.App{Name: spec.Name, Spec: string(raw), CreatedBy: by})
-	if err != nil {
-		return nil, false, err
-	}
-	have, err := s.store.ListAppCells(ctx, spec.Name)
-	if err != nil {
-		return nil, false, err
-	}
-	wantIDs := map[string]protocol.CellSpec{}
-	for _, w := range want {
-		wantIDs[w.ID] = w
-	}
-	for _, c := range have {
-		w, ok := wantIDs[c.ID]
-		if !ok {
-			if err := s.cells.Delete(ctx, c.ID, by); err != nil && !errors.Is(err, store.ErrNotFound) {
-				return nil, false, err
+	if spec.Scale != nil {
+		// The autoscaler owns the replica count and the partitioning's
+		// start: a PUT keeps them.
+		spec.Replicas, spec.Scale.From, spec.Scale.Since = spec.Scale.Min, 0, time.Time{}
+		if old, err := s.store.AppByName(ctx, spec.Name); err == nil {
+			var prev AppSpec
+			if json.Unmarshal([]byte(old.Spec), &prev) == nil && prev.Scale != nil {
+				spec.Replicas = min(max(prev.Replicas, spec.Scale.Min), spec.Scale.Max)
+				spec.Scale.From, spec.Scale.Since = prev.Scale.From, prev.Scale.Since
 			}
-			continue
-		}
-		if err := s.updateSpec(ctx, &c, w); err != nil {
-			return nil, false, err
 		}
 	}
-	cs, _, nodes, err := s.snapshot(ctx)
+	created, err := s.applyApp(ctx, &spec, by)
 	if err != nil {
-		return nil, false, err
-	}
-	if err := s.placeMissing(ctx, &spec, cs, nodes, s.targetsCopy(), by); err != nil {
 		return nil, false, err
 	}
 	v, err := s.view(ctx, spec.Name)
@@ -378,6 +356,55 @@ func (s *Service) updateSpec(ctx context.Context, c *store.Cell, w protocol.Cell
 		return err
 	}
 	return s.cells.Republish(ctx, c.Node)
+}
+
+// applyApp stores spec and reconciles its cells: new ones placed by the
+// Planner, removed ones deleted, changed ones updated where they run.
+// The caller holds s.mu.
+func (s *Service) applyApp(ctx context.Context, spec *AppSpec, by string) (bool, error) {
+	want, err := spec.cellSpecs()
+	if err != nil {
+		return false, err
+	}
+	// A cell id an app wants must not be a hand-placed cell or another app's.
+	for _, w := range want {
+		if c, err := s.store.CellByID(ctx, w.ID); err == nil && c.App != spec.Name {
+			return false, fmt.Errorf("%w: cell id %s is taken by %s", ErrConflict, w.ID, ownerOf(c))
+		}
+	}
+	raw, _ := json.Marshal(spec)
+	created, err := s.store.PutApp(ctx, &store.App{Name: spec.Name, Spec: string(raw), CreatedBy: by})
+	if err != nil {
+		return false, err
+	}
+	have, err := s.store.ListAppCells(ctx, spec.Name)
+	if err != nil {
+		return false, err
+	}
+	wantIDs := map[string]protocol.CellSpec{}
+	for _, w := range want {
+		wantIDs[w.ID] = w
+	}
+	for _, c := range have {
+		w, ok := wantIDs[c.ID]
+		if !ok {
+			if err := s.cells.Delete(ctx, c.ID, firstNonEmpty(by, "planner")); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return false, err
+			}
+			continue
+		}
+		if err := s.updateSpec(ctx, &c, w); err != nil {
+			return false, err
+		}
+	}
+	cs, _, nodes, err := s.snapshot(ctx)
+	if err != nil {
+		return false, err
+	}
+	if err := s.placeMissing(ctx, spec, cs, nodes, s.targetsCopy(), by); err != nil {
+		return false, err
+	}
+	return created, nil
 }
 
 // placeMissing places the app's cells that have no node yet, one Planner

@@ -76,7 +76,7 @@ func (m *cellManager) takeCheckpoint(rc *runningCell, id, reason string) (*check
 				if h.Cursors == nil {
 					h.Cursors = map[string]uint64{}
 				}
-				h.Cursors[in.Name] = s.Cursor(cursorName(h.Cell, in.Name))
+				h.Cursors[in.Name] = s.Cursor(cursorName(h.Cell, in))
 			}
 		}
 	}
@@ -307,7 +307,7 @@ func (m *cellManager) restorePoint(ctx context.Context, rc *runningCell, memLimi
 			continue
 		}
 		if s, ok := m.streams.get(in.Stream); ok {
-			if err := s.SetCursor(cursorName(spec.ID, in.Name), off); err != nil {
+			if err := s.SetCursor(cursorName(spec.ID, in), off); err != nil {
 				return nil, fmt.Errorf("restore: cursor of input %s: %w", in.Name, err)
 			}
 		}

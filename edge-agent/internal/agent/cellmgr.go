@@ -615,7 +615,7 @@ func (m *cellManager) actual() protocol.Actual {
 			RateLimited: st.RateLimited, FuelConsumed: st.FuelConsumed, MemoryBytes: int64(st.MemoryBytes),
 			LatencyP50US: float64(st.LatencyP50.Microseconds()), LatencyP99US: float64(st.LatencyP99.Microseconds()),
 			Events: slices.Clone(rc.events), RecentOutputs: slices.Clone(rc.outputs),
-			Checkpoint: rc.ckpt, RestoredFrom: rc.restored,
+			Checkpoint: rc.ckpt, RestoredFrom: rc.restored, Cursors: m.cursorsLocked(rc),
 		}
 		if rc.cell != nil {
 			for _, e := range rc.cell.Events() {
@@ -625,6 +625,31 @@ func (m *cellManager) actual() protocol.Actual {
 		out.Cells = append(out.Cells, cs)
 	}
 	slices.SortFunc(out.Cells, func(a, b protocol.CellStatus) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// cursorsLocked reports where each stream input of rc stands (the console
+// scales burst apps on it).
+func (m *cellManager) cursorsLocked(rc *runningCell) map[string]uint64 {
+	var out map[string]uint64
+	for _, in := range rc.spec.Inputs {
+		if in.Stream == "" {
+			continue
+		}
+		if out == nil {
+			out = map[string]uint64{}
+		}
+		if in.Node != "" && in.Node != m.a.cfg.Name {
+			out[in.Name] = max(rc.remote[in.Name], in.From)
+			continue
+		}
+		if m.streams == nil {
+			continue
+		}
+		if s, ok := m.streams.get(in.Stream); ok {
+			out[in.Name] = max(s.Cursor(cursorName(rc.spec.ID, in)), in.From)
+		}
+	}
 	return out
 }
 

@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
+	"github.com/cloudskin/cloudskin/shared/protocol"
 	"log/slog"
 	"strings"
 	"time"
@@ -26,7 +28,15 @@ const (
 	streamIdleWait   = time.Second
 )
 
-func cursorName(cell, input string) string { return "cell." + cell + "." + input }
+// cursorName is the cursor of a cell's stream input; a partitioned input
+// (a replica of a burst app) has one per partitioning, so a new
+// partitioning starts from its From.
+func cursorName(cell string, in protocol.Input) string {
+	if in.Partitions > 1 {
+		return fmt.Sprintf("cell.%s.%s.p%dof%d", cell, in.Name, in.Partition, in.Partitions)
+	}
+	return "cell." + cell + "." + in.Name
+}
 
 func (m *cellManager) startReaders(rc *runningCell, cell *cells.Cell) {
 	if m.streams == nil {
@@ -47,7 +57,7 @@ func (m *cellManager) startReaders(rc *runningCell, cell *cells.Cell) {
 				m.readRemote(rc, cell, in, stop)
 				return
 			}
-			m.readStream(rc, cell, in.Name, in.Stream, stop)
+			m.readStream(rc, cell, in, stop)
 		}()
 	}
 }
@@ -65,7 +75,8 @@ func (m *cellManager) stopReaders(rc *runningCell) {
 
 // readStream feeds one durable input to the cell until stop closes or the
 // cell dies.
-func (m *cellManager) readStream(rc *runningCell, cell *cells.Cell, input, stream string, stop chan struct{}) {
+func (m *cellManager) readStream(rc *runningCell, cell *cells.Cell, in protocol.Input, stop chan struct{}) {
+	input, stream := in.Name, in.Stream
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -75,7 +86,7 @@ func (m *cellManager) readStream(rc *runningCell, cell *cells.Cell, input, strea
 		case <-ctx.Done():
 		}
 	}()
-	cursor := cursorName(rc.spec.ID, input)
+	cursor := cursorName(rc.spec.ID, in)
 	log := m.log.With("cell", rc.spec.ID, "input", input, "stream", stream)
 	maxBytes := streamBatchBytes
 	if l := rc.spec.Limits.MaxInputBytes; l > 0 {
@@ -92,6 +103,12 @@ func (m *cellManager) readStream(rc *runningCell, cell *cells.Cell, input, strea
 		}
 		notify := s.Notify()
 		next := s.Cursor(cursor)
+		if next < in.From {
+			if err := s.SetCursor(cursor, in.From); err != nil {
+				log.Warn("cursor not moved to the partitioning's start", "from", in.From, "err", err)
+			}
+			next = in.From
+		}
 		recs, err := m.streams.readAny(ctx, s, next, cellBatch, maxBytes)
 		if err != nil {
 			if errors.Is(err, streams.ErrClosed) || ctx.Err() != nil {
@@ -115,12 +132,14 @@ func (m *cellManager) readStream(rc *runningCell, cell *cells.Cell, input, strea
 			}
 			continue
 		}
-		batch := make([]cells.Record, len(recs))
-		for i, r := range recs {
-			batch[i] = cells.Record{Offset: r.Offset, TimeNS: r.Time.UnixNano(), Topic: r.Topic, Payload: r.Payload}
+		batch := make([]cells.Record, 0, len(recs))
+		for _, r := range recs {
+			if in.InPartition(r.Offset) {
+				batch = append(batch, cells.Record{Offset: r.Offset, TimeNS: r.Time.UnixNano(), Topic: r.Topic, Payload: r.Payload})
+			}
 		}
 		commit := func(next uint64) error { return s.CommitCursor(cursor, next) }
-		switch m.deliverStream(ctx, rc, cell, commit, input, batch, &maxBytes, log) {
+		switch m.deliverStream(ctx, rc, cell, commit, input, batch, recs[len(recs)-1].Offset+1, &maxBytes, log) {
 		case deliverStop:
 			return
 		case deliverHeld:
@@ -141,8 +160,10 @@ const (
 
 // deliverStream hands one batch to the cell and commits the cursor past it,
 // under the cell's gate so that a checkpoint sees both or neither.
+// next is the offset after the records read (the batch holds those of the
+// input's partition; it may be empty).
 func (m *cellManager) deliverStream(ctx context.Context, rc *runningCell, cell *cells.Cell, commit func(next uint64) error, input string,
-	batch []cells.Record, maxBytes *int, log *slog.Logger) deliverResult {
+	batch []cells.Record, next uint64, maxBytes *int, log *slog.Logger) deliverResult {
 	rc.gate.Lock()
 	defer rc.gate.Unlock()
 	m.mu.Lock()
@@ -153,6 +174,12 @@ func (m *cellManager) deliverStream(ctx context.Context, rc *runningCell, cell *
 		return deliverStop
 	case held:
 		return deliverHeld
+	}
+	if len(batch) == 0 {
+		if err := commit(next); err != nil {
+			log.Warn("cursor not committed", "err", err)
+		}
+		return deliverNext
 	}
 	err := cell.Handle(ctx, input, batch)
 	switch {
@@ -175,7 +202,7 @@ func (m *cellManager) deliverStream(ctx context.Context, rc *runningCell, cell *
 		m.died(rc, cell, err) // the restart re-reads this batch: the cursor did not move
 		return deliverStop
 	}
-	if err := commit(batch[len(batch)-1].Offset + 1); err != nil {
+	if err := commit(next); err != nil {
 		log.Warn("cursor not committed; the batch may be delivered again", "err", err)
 	}
 	return deliverNext

@@ -40,7 +40,7 @@ func (m *cellManager) readRemote(rc *runningCell, cell *cells.Cell, in protocol.
 	limit := cellBatch
 	for ctx.Err() == nil {
 		m.mu.Lock()
-		from := rc.remote[in.Name]
+		from := max(rc.remote[in.Name], in.From)
 		m.mu.Unlock()
 		recs, err := m.remoteRecords(ctx, in.Node, in.Stream, from, limit)
 		if err != nil {
@@ -59,9 +59,11 @@ func (m *cellManager) readRemote(rc *runningCell, cell *cells.Cell, in protocol.
 			}
 			continue
 		}
-		batch := make([]cells.Record, len(recs))
-		for i, r := range recs {
-			batch[i] = cells.Record{Offset: r.Offset, TimeNS: r.Time.UnixNano(), Topic: r.Topic, Payload: r.Payload}
+		batch := make([]cells.Record, 0, len(recs))
+		for _, r := range recs {
+			if in.InPartition(r.Offset) {
+				batch = append(batch, cells.Record{Offset: r.Offset, TimeNS: r.Time.UnixNano(), Topic: r.Topic, Payload: r.Payload})
+			}
 		}
 		commit := func(next uint64) error {
 			m.mu.Lock()
@@ -72,7 +74,7 @@ func (m *cellManager) readRemote(rc *runningCell, cell *cells.Cell, in protocol.
 			m.mu.Unlock()
 			return nil
 		}
-		switch m.deliverStream(ctx, rc, cell, commit, in.Name, batch, &maxBytes, log) {
+		switch m.deliverStream(ctx, rc, cell, commit, in.Name, batch, recs[len(recs)-1].Offset+1, &maxBytes, log) {
 		case deliverStop:
 			return
 		case deliverHeld:
