@@ -420,7 +420,12 @@ func badJWT(t *testing.T, c *consoleEnv, adminJWT string) {
 		return m
 	}
 	valid := signed(t, jwt.SigningMethodHS256, secret, claims(nil))
-	operator := signed(t, jwt.SigningMethodHS256, secret, claims(func(m jwt.MapClaims) { m["role"], m["sub"] = "operator", "op" }))
+	// An operator account made by the admin; its token is signed here with
+	// the console's key like the others.
+	if code, raw := c.request("POST", "/api/v1/users", adminJWT, map[string]any{"username": "ops", "password": "operator-password", "role": "operator"}); code != 201 && code != 409 {
+		t.Fatalf("create operator: %d %s", code, raw)
+	}
+	operator := signed(t, jwt.SigningMethodHS256, secret, claims(func(m jwt.MapClaims) { m["role"], m["sub"] = "operator", "ops" }))
 
 	// The control: a token signed with the real key passes, so each
 	// refusal below is for the one thing that case changes.
@@ -473,11 +478,9 @@ func badJWT(t *testing.T, c *consoleEnv, adminJWT string) {
 	}
 
 	// A valid token of a non-admin may read but not make enrollment tokens.
-	// (There is no API to create an operator user yet, so the operator's
-	// token is signed here with the console's key.)
 	t.Run("operator cannot create tokens", func(t *testing.T) {
 		c := c.on(t)
-		r := c.expectRefusal("forbidden", `msg="request forbidden"`, "user=op", "role=operator")
+		r := c.expectRefusal("forbidden", `msg="request forbidden"`, "user=ops", "role=operator")
 		code, header, raw := c.send("POST", "/api/v1/tokens", http.Header{"Authorization": {"Bearer " + operator}, "Content-Type": {"application/json"}}, strings.NewReader(`{"ttl":"10m"}`))
 		if code != 403 {
 			t.Fatalf("operator POST /api/v1/tokens: %d, want 403: %s", code, raw)

@@ -29,6 +29,10 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/tier"
 )
 
+// fleetRoles may read the fleet (nodes, cells, streams, placement); the
+// dataspace's providers and consumers may not.
+var fleetRoles = []string{store.RoleAdmin, store.RoleOperator}
+
 // MaxBodyBytes bounds every request body.
 const MaxBodyBytes = 1 << 20
 
@@ -75,17 +79,17 @@ func (s *Server) Handler() *echo.Echo {
 	// group with middleware catch-all routes, which would answer unknown
 	// paths with 401 instead of 404.
 	v1.POST("/tokens", s.createToken, s.userAuth, s.requireRole(store.RoleAdmin))
-	v1.GET("/nodes", s.listNodes, s.userAuth)
-	v1.GET("/nodes/:name", s.getNode, s.userAuth)
-	v1.GET("/nodes/:name/telemetry", s.nodeTelemetry, s.userAuth)
+	v1.GET("/nodes", s.listNodes, s.userAuth, s.requireRole(fleetRoles...))
+	v1.GET("/nodes/:name", s.getNode, s.userAuth, s.requireRole(fleetRoles...))
+	v1.GET("/nodes/:name/telemetry", s.nodeTelemetry, s.userAuth, s.requireRole(fleetRoles...))
 	v1.POST("/modules", s.uploadModule, s.userAuth, s.requireRole(moduleRoles...))
 	v1.GET("/modules", s.listModules, s.userAuth, s.requireRole(moduleRoles...))
 	v1.GET("/modules/:digest", s.getModule, s.userAuth, s.requireRole(moduleRoles...))
 	v1.GET("/modules/:digest/wasm", s.moduleWasm, s.userOrNodeAuth(moduleRoles...))
 	v1.POST("/cells", s.createCell, s.userAuth, s.requireRole(cellWriteRoles...))
-	v1.GET("/cells", s.listCells, s.userAuth)
-	v1.GET("/cells/:id", s.getCell, s.userAuth)
-	v1.GET("/cells/:id/events", s.cellEvents, s.userAuth)
+	v1.GET("/cells", s.listCells, s.userAuth, s.requireRole(fleetRoles...))
+	v1.GET("/cells/:id", s.getCell, s.userAuth, s.requireRole(fleetRoles...))
+	v1.GET("/cells/:id/events", s.cellEvents, s.userAuth, s.requireRole(fleetRoles...))
 	v1.DELETE("/cells/:id", s.deleteCell, s.userAuth, s.requireRole(cellWriteRoles...))
 	// Streams' cloud tier (segments)
 	v1.POST("/nodes/:name/streams/:stream/segments", s.requestSegment, s.nodeAuth)
@@ -95,6 +99,7 @@ func (s *Server) Handler() *echo.Echo {
 	e.PUT(segmentBlobRoute, s.putSegmentBlob) // the signed URL is the credential
 	s.registerStreams(v1)
 	s.registerPlacement(v1)
+	s.registerUsers(v1)
 	return e
 }
 

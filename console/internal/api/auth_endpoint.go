@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/cloudskin/cloudskin/console/internal/auth"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
+	"github.com/cloudskin/cloudskin/console/internal/store"
 )
 
 const claimsKey = "claims"
@@ -42,6 +44,11 @@ func (s *Server) login(c echo.Context) error {
 		s.Log.Warn("login failed", "username", req.Username, "remote", c.RealIP())
 		return echo.NewHTTPError(http.StatusUnauthorized, "wrong username or password")
 	}
+	if u.Status != "" && u.Status != store.UserActive {
+		// The password was right: say why, without issuing a token.
+		s.Log.Info("login of an account not active", "username", u.Username, "status", u.Status)
+		return echo.NewHTTPError(http.StatusForbidden, "account "+u.Status+": an admin must approve it")
+	}
 	tok, exp, err := s.Tokens.Issue(u.Username, u.Role)
 	if err != nil {
 		return err
@@ -64,6 +71,16 @@ func (s *Server) userAuth(next echo.HandlerFunc) echo.HandlerFunc {
 			s.Metrics.Reject(metrics.RejectJWT)
 			s.Log.Warn("token refused", "remote", c.RealIP(), "err", err)
 			return echo.NewHTTPError(http.StatusUnauthorized, "invalid or expired token")
+		}
+		// The account as it is now, not as it was at login: a disabled
+		// user or a changed role takes effect at once.
+		u, err := s.Store.UserByName(c.Request().Context(), claims.Subject)
+		if err != nil || (u.Status != "" && u.Status != store.UserActive) || u.Role != claims.Role {
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			s.Metrics.Reject(metrics.RejectJWT)
+			return echo.NewHTTPError(http.StatusUnauthorized, "the account behind this token is gone, disabled or changed: log in again")
 		}
 		c.Set(claimsKey, claims)
 		return next(c)

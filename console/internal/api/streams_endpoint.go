@@ -21,8 +21,8 @@ import (
 // node itself (a request over MQTT) for the rest.
 
 func (s *Server) registerStreams(v1 *echo.Group) {
-	v1.GET("/nodes/:name/streams", s.listStreams, s.userAuth)
-	v1.GET("/nodes/:name/streams/:stream", s.getStream, s.userAuth)
+	v1.GET("/nodes/:name/streams", s.listStreams, s.userAuth, s.requireRole(fleetRoles...))
+	v1.GET("/nodes/:name/streams/:stream", s.getStream, s.userAuth, s.requireRole(fleetRoles...))
 	v1.GET("/nodes/:name/streams/:stream/records", s.streamRecords, s.userOrNodeAuth(segmentReadRoles...))
 	v1.PUT("/nodes/:name/streams/:stream", s.putStream, s.userAuth, s.requireRole(cellWriteRoles...))
 	v1.DELETE("/nodes/:name/streams/:stream", s.deleteStream, s.userAuth, s.requireRole(cellWriteRoles...))

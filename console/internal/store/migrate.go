@@ -33,6 +33,9 @@ var migrations = []struct {
 	{"nodes: modules compiled and ready (migrations prefetch them)", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&Node{})
 	}},
+	{"users: dataspace roles, profile, approval; password resets", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&User{}, &PasswordReset{})
+	}},
 }
 
 // SchemaVersion is the number of migrations this build knows.

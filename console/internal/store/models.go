@@ -2,10 +2,20 @@ package store
 
 import "time"
 
-// Roles a console user can have. Later issues add provider and consumer.
+// Roles a console user can have: the fleet's (admin, operator) and the
+// dataspace's (provider, consumer).
 const (
 	RoleAdmin    = "admin"
 	RoleOperator = "operator"
+	RoleProvider = "provider"
+	RoleConsumer = "consumer"
+)
+
+// User account states: a registered user waits for an admin's approval.
+const (
+	UserActive   = "active"
+	UserPending  = "pending"
+	UserDisabled = "disabled"
 )
 
 // User is a person who logs in to the console.
@@ -14,8 +24,28 @@ type User struct {
 	Username     string `gorm:"size:64;uniqueIndex;not null"`
 	PasswordHash string `gorm:"size:100;not null"`
 	Role         string `gorm:"size:16;not null"`
-	CreatedAt    time.Time
-	UpdatedAt    time.Time
+	Status       string `gorm:"size:16;not null;default:active"`
+	// Profile, checked by the dataspace's access policies.
+	Nationality string `gorm:"size:2"`  // ISO 3166-1 alpha-2
+	Sector      string `gorm:"size:64"` // business sector (ODRL "industry")
+	OrgType     string `gorm:"size:16"` // private | governmental | military | scientific | educational
+	NonProfit   bool   `gorm:"not null;default:false"`
+	ApprovedBy  string `gorm:"size:64"`
+	ApprovedAt  *time.Time
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+}
+
+// PasswordReset is a one-time, expiring token that sets a user's password.
+// Only its SHA-256 is stored.
+type PasswordReset struct {
+	ID        uint   `gorm:"primaryKey"`
+	TokenHash string `gorm:"size:64;uniqueIndex;not null"`
+	Username  string `gorm:"size:64;index;not null"`
+	CreatedBy string `gorm:"size:64"`
+	ExpiresAt time.Time
+	UsedAt    *time.Time
+	CreatedAt time.Time
 }
 
 // Setting is a console-wide persistent value, such as the JWT signing secret.

@@ -245,3 +245,66 @@ func (s *Store) CountNodesByStatus(ctx context.Context) (map[string]int64, error
 	}
 	return out, err
 }
+
+// ListUsers returns users by name, of one status when status is not empty.
+func (s *Store) ListUsers(ctx context.Context, status string) ([]User, error) {
+	q := s.db.WithContext(ctx).Order("username")
+	if status != "" {
+		q = q.Where("status = ?", status)
+	}
+	var us []User
+	err := q.Find(&us).Error
+	return us, err
+}
+
+// SetUserStatus changes a user's status (approving records who and when).
+func (s *Store) SetUserStatus(ctx context.Context, name, status, by string, now time.Time) error {
+	cols := map[string]any{"status": status}
+	if status == UserActive {
+		cols["approved_by"], cols["approved_at"] = by, now
+	}
+	res := s.db.WithContext(ctx).Model(&User{}).Where("username = ?", name).Updates(cols)
+	if res.Error != nil {
+		return res.Error
+	}
+	if res.RowsAffected == 0 {
+		return fmt.Errorf("user %s: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+// CreatePasswordReset stores a reset token (its hash).
+func (s *Store) CreatePasswordReset(ctx context.Context, r *PasswordReset) error {
+	return s.db.WithContext(ctx).Create(r).Error
+}
+
+// UsePasswordReset consumes a reset token and sets the user's password
+// hash, in one transaction: ErrTokenUnknown, ErrTokenExpired, ErrTokenUsed.
+func (s *Store) UsePasswordReset(ctx context.Context, tokenHash, passwordHash string, now time.Time) (string, error) {
+	var user string
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		var r PasswordReset
+		if err := tx.Where("token_hash = ?", tokenHash).First(&r).Error; err != nil {
+			if errors.Is(err, gorm.ErrRecordNotFound) {
+				return ErrTokenUnknown
+			}
+			return err
+		}
+		switch {
+		case r.UsedAt != nil:
+			return ErrTokenUsed
+		case !now.Before(r.ExpiresAt):
+			return ErrTokenExpired
+		}
+		res := tx.Model(&PasswordReset{}).Where("id = ? AND used_at IS NULL", r.ID).Update("used_at", now)
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			return ErrTokenUsed
+		}
+		user = r.Username
+		return tx.Model(&User{}).Where("username = ?", r.Username).Update("password_hash", passwordHash).Error
+	})
+	return user, err
+}

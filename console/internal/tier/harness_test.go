@@ -110,6 +110,13 @@ func newEnv(t *testing.T, backend, db string, o options) *env {
 		}
 		e.creds[node] = resp.Credential
 	}
+	// The users behind the tokens exist: the API checks the account on
+	// every request.
+	for name, role := range map[string]string{"ops": store.RoleOperator, "guest": "viewer"} {
+		if err := st.CreateUser(ctx, &store.User{Username: name, PasswordHash: "x", Role: role, Status: store.UserActive}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	tokens := auth.NewTokens([]byte("jwt-secret-for-tests-0123456789"), time.Hour)
 	e.opJWT, _, _ = tokens.Issue("ops", store.RoleOperator)
 	e.viewJWT, _, _ = tokens.Issue("guest", "viewer")
