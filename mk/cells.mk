@@ -12,7 +12,7 @@ WAT2WASM  := $(BIN)/tools/wat2wasm
 
 CELL_GO_NAMES := $(patsubst cells/%/main.go,%,$(wildcard cells/*/main.go))
 CELL_WATS     := $(wildcard cells/*.wat cells/hostile/*.wat)
-CELLSDK_SRC   := $(wildcard shared/cellsdk/*.go)
+CELLSDK_SRC   := $(wildcard shared/cellsdk/*.go shared/engine/*.go)
 
 CELL_GO_WASM  := $(patsubst %,$(CELLS_BIN)/%.wasm,$(CELL_GO_NAMES))
 CELL_WAT_WASM := $(patsubst cells/%.wat,$(CELLS_BIN)/%.wasm,$(CELL_WATS))
