@@ -100,6 +100,7 @@ func (s *Server) Handler() *echo.Echo {
 	s.registerStreams(v1)
 	s.registerPlacement(v1)
 	s.registerUsers(v1)
+	s.registerDataspace(v1)
 	return e
 }
 

@@ -36,6 +36,9 @@ var migrations = []struct {
 	{"users: dataspace roles, profile, approval; password resets", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&User{}, &PasswordReset{})
 	}},
+	{"dataspace: datasets and their datareads", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&Dataset{}, &Dataread{})
+	}},
 }
 
 // SchemaVersion is the number of migrations this build knows.

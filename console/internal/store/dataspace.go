@@ -1,0 +1,113 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"gorm.io/gorm"
+)
+
+// Dataset is a provider's published sensor dataset. Engine is the engine
+// template (JSON) its datareads are encoded with, pinned at EngineVersion.
+type Dataset struct {
+	ID               string `gorm:"primaryKey;size:63"`
+	Owner            string `gorm:"size:64;index;not null"`
+	Title            string `gorm:"size:200;not null"`
+	Description      string `gorm:"type:text"`
+	Engine           string `gorm:"type:text;not null"`
+	EngineVersion    int    `gorm:"not null"`
+	Type             string `gorm:"size:16;not null"` // free | purchase | rental
+	PriceCents       int64  `gorm:"not null;default:0"`
+	License          string `gorm:"size:200"`
+	LocationRequired bool   `gorm:"not null;default:false"`
+	Readings         int64  `gorm:"not null;default:0"`
+	Rejected         int64  `gorm:"not null;default:0"` // readings refused (no location where one is required, bad values)
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+}
+
+// Dataread is one stored reading of a dataset: its time, optional
+// position and the engine-encoded blob.
+type Dataread struct {
+	ID      uint64   `gorm:"primaryKey"`
+	Dataset string   `gorm:"size:63;not null;index:idx_dataread_time,priority:1"`
+	TimeUS  int64    `gorm:"not null;index:idx_dataread_time,priority:2"`
+	Lat     *float64 `gorm:""`
+	Lon     *float64 `gorm:""`
+	Blob    []byte   `gorm:"not null"`
+}
+
+// CreateDataset stores a new dataset; ErrConflict if the id is taken.
+func (s *Store) CreateDataset(ctx context.Context, d *Dataset) error {
+	if err := s.db.WithContext(ctx).Create(d).Error; err != nil {
+		if isUnique(err) {
+			return fmt.Errorf("dataset %s: %w", d.ID, ErrConflict)
+		}
+		return err
+	}
+	return nil
+}
+
+// DatasetByID finds a dataset.
+func (s *Store) DatasetByID(ctx context.Context, id string) (*Dataset, error) {
+	var d Dataset
+	if err := s.db.WithContext(ctx).Where("id = ?", id).First(&d).Error; err != nil {
+		return nil, notFound(err, "dataset "+id)
+	}
+	return &d, nil
+}
+
+// ListDatasets returns datasets by id (of one owner when owner is set).
+func (s *Store) ListDatasets(ctx context.Context, owner string) ([]Dataset, error) {
+	q := s.db.WithContext(ctx).Order("id")
+	if owner != "" {
+		q = q.Where("owner = ?", owner)
+	}
+	var ds []Dataset
+	err := q.Find(&ds).Error
+	return ds, err
+}
+
+// AddDatareads stores readings of a dataset and counts them (and the
+// rejected ones) on it, in one transaction.
+func (s *Store) AddDatareads(ctx context.Context, dataset string, rs []Dataread, rejected int) error {
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if len(rs) > 0 {
+			if err := tx.CreateInBatches(rs, 500).Error; err != nil {
+				return err
+			}
+		}
+		return tx.Model(&Dataset{}).Where("id = ?", dataset).Updates(map[string]any{
+			"readings": gorm.Expr("readings + ?", len(rs)), "rejected": gorm.Expr("rejected + ?", rejected),
+		}).Error
+	})
+}
+
+// DatareadQuery selects readings of one dataset: a time range, an
+// optional bounding box, a page after a reading id.
+type DatareadQuery struct {
+	Dataset string
+	SinceUS int64 // inclusive
+	UntilUS int64 // exclusive; 0: no bound
+	BBox    *[4]float64
+	AfterID uint64
+	Limit   int
+}
+
+// Datareads returns readings by time, then id.
+func (s *Store) Datareads(ctx context.Context, q DatareadQuery) ([]Dataread, error) {
+	db := s.db.WithContext(ctx).Where("dataset = ? AND time_us >= ?", q.Dataset, q.SinceUS)
+	if q.UntilUS > 0 {
+		db = db.Where("time_us < ?", q.UntilUS)
+	}
+	if b := q.BBox; b != nil {
+		db = db.Where("lon >= ? AND lat >= ? AND lon <= ? AND lat <= ?", b[0], b[1], b[2], b[3])
+	}
+	if q.AfterID > 0 {
+		db = db.Where("id > ?", q.AfterID)
+	}
+	var rs []Dataread
+	err := db.Order("id").Limit(q.Limit).Find(&rs).Error
+	return rs, err
+}
