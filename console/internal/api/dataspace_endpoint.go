@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/cloudskin/cloudskin/console/internal/auth"
+	"github.com/cloudskin/cloudskin/console/internal/dataspace"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/store"
 	"github.com/cloudskin/cloudskin/shared/engine"
@@ -32,11 +33,20 @@ var datasetIDRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 var datasetWriteRoles = []string{store.RoleAdmin, store.RoleProvider}
 
+var dataspaceRoles = []string{store.RoleAdmin, store.RoleProvider, store.RoleConsumer}
+
 func (s *Server) registerDataspace(v1 *echo.Group) {
 	v1.POST("/datasets", s.createDataset, s.userAuth, s.requireRole(datasetWriteRoles...))
 	v1.GET("/datasets/:id", s.getDataset, s.userAuth, s.requireRole(datasetWriteRoles...))
+	v1.PUT("/datasets/:id/policies", s.putPolicies, s.userAuth, s.requireRole(datasetWriteRoles...))
+	v1.GET("/datasets/:id/audit", s.datasetAudit, s.userAuth, s.requireRole(datasetWriteRoles...))
 	v1.POST("/datasets/:id/datareads", s.addDatareads, s.userAuth, s.requireRole(datasetWriteRoles...))
-	v1.GET("/datasets/:id/datareads", s.queryDatareads, s.userAuth, s.requireRole(datasetWriteRoles...))
+	v1.GET("/datasets/:id/datareads", s.queryDatareads, s.userAuth, s.requireRole(dataspaceRoles...))
+	v1.GET("/catalog", s.catalog, s.userAuth, s.requireRole(dataspaceRoles...))
+	v1.POST("/contracts", s.requestContract, s.userAuth, s.requireRole(store.RoleConsumer))
+	v1.GET("/contracts", s.listContracts, s.userAuth, s.requireRole(dataspaceRoles...))
+	v1.POST("/contracts/:id/agree", s.agreeContract, s.userAuth, s.requireRole(datasetWriteRoles...))
+	v1.POST("/contracts/:id/terminate", s.terminateContract, s.userAuth, s.requireRole(dataspaceRoles...))
 }
 
 type datasetRequest struct {
@@ -48,6 +58,9 @@ type datasetRequest struct {
 	PriceCents       int64           `json:"price_cents"`
 	License          string          `json:"license"`
 	LocationRequired bool            `json:"location_required"`
+	// Policies (default: open to everyone).
+	AccessPolicy   *dataspace.Policy `json:"access_policy"`
+	ContractPolicy *dataspace.Policy `json:"contract_policy"`
 }
 
 // DatasetView is a dataset as its owner and admins see it.
@@ -64,13 +77,16 @@ type DatasetView struct {
 	LocationRequired bool            `json:"location_required"`
 	Readings         int64           `json:"readings"`
 	Rejected         int64           `json:"rejected"`
+	AccessPolicy     json.RawMessage `json:"access_policy"`
+	ContractPolicy   json.RawMessage `json:"contract_policy"`
 	CreatedAt        time.Time       `json:"created_at"`
 }
 
 func datasetView(d *store.Dataset) DatasetView {
 	return DatasetView{ID: d.ID, Owner: d.Owner, Title: d.Title, Description: d.Description, Engine: json.RawMessage(d.Engine),
 		EngineVersion: d.EngineVersion, Type: d.Type, PriceCents: d.PriceCents, License: d.License,
-		LocationRequired: d.LocationRequired, Readings: d.Readings, Rejected: d.Rejected, CreatedAt: d.CreatedAt.UTC()}
+		LocationRequired: d.LocationRequired, Readings: d.Readings, Rejected: d.Rejected, CreatedAt: d.CreatedAt.UTC(),
+		AccessPolicy: json.RawMessage(orOpen(d.AccessPolicy)), ContractPolicy: json.RawMessage(orOpen(d.ContractPolicy))}
 }
 
 func (s *Server) createDataset(c echo.Context) error {
@@ -93,9 +109,13 @@ func (s *Server) createDataset(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
 	}
 	canon, _ := json.Marshal(eng)
+	access, contract, err := policiesJSON(req.AccessPolicy, req.ContractPolicy)
+	if err != nil {
+		return err
+	}
 	d := &store.Dataset{ID: req.ID, Owner: subject(c), Title: req.Title, Description: req.Description, Engine: string(canon),
 		EngineVersion: max(eng.Version, 1), Type: req.Type, PriceCents: req.PriceCents, License: req.License,
-		LocationRequired: req.LocationRequired}
+		LocationRequired: req.LocationRequired, AccessPolicy: access, ContractPolicy: contract}
 	if err := s.Store.CreateDataset(c.Request().Context(), d); err != nil {
 		return err
 	}
@@ -115,11 +135,21 @@ func (s *Server) ownDataset(c echo.Context) (*store.Dataset, *engine.Engine, err
 		// Another provider's dataset is not theirs to know about.
 		return nil, nil, echo.NewHTTPError(http.StatusNotFound, "dataset "+d.ID+" not found")
 	}
-	eng, err := engine.Parse([]byte(d.Engine))
+	eng, err := parseEngine(d)
 	if err != nil {
-		return nil, nil, fmt.Errorf("dataset %s: stored engine unreadable: %w", d.ID, err)
+		return nil, nil, err
 	}
 	return d, eng, nil
+}
+
+type engineT = engine.Engine
+
+func parseEngine(d *store.Dataset) (*engine.Engine, error) {
+	eng, err := engine.Parse([]byte(d.Engine))
+	if err != nil {
+		return nil, fmt.Errorf("dataset %s: stored engine unreadable: %w", d.ID, err)
+	}
+	return eng, nil
 }
 
 func (s *Server) getDataset(c echo.Context) error {
@@ -198,7 +228,7 @@ func (s *Server) addDatareads(c echo.Context) error {
 // queryDatareads: GET /datasets/{id}/datareads?since=&until=&bbox=minLon,minLat,maxLon,maxLat&after=&limit=&format=json|csv,
 // readings decoded, in ingestion order; "next" is the after= of the next page.
 func (s *Server) queryDatareads(c echo.Context) error {
-	d, eng, err := s.ownDataset(c)
+	d, eng, contract, err := s.readableDataset(c)
 	if err != nil {
 		return err
 	}
@@ -244,6 +274,10 @@ func (s *Server) queryDatareads(c echo.Context) error {
 	next := ""
 	if len(rows) == q.Limit {
 		next = strconv.FormatUint(rows[len(rows)-1].ID, 10)
+	}
+	if err := s.Store.Audit(c.Request().Context(), &store.AuditEntry{TimeUS: time.Now().UnixMicro(), User: subject(c), Dataset: d.ID,
+		Contract: contract, Query: c.QueryString(), Records: len(rows)}); err != nil {
+		return err // no unaudited read
 	}
 	if format == "csv" {
 		return s.datareadsCSV(c, eng, rows, next)

@@ -21,10 +21,14 @@ type Dataset struct {
 	PriceCents       int64  `gorm:"not null;default:0"`
 	License          string `gorm:"size:200"`
 	LocationRequired bool   `gorm:"not null;default:false"`
-	Readings         int64  `gorm:"not null;default:0"`
-	Rejected         int64  `gorm:"not null;default:0"` // readings refused (no location where one is required, bad values)
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	// AccessPolicy decides who sees the dataset in the catalog;
+	// ContractPolicy who may obtain and use its data (JSON policies).
+	AccessPolicy   string `gorm:"type:text"`
+	ContractPolicy string `gorm:"type:text"`
+	Readings       int64  `gorm:"not null;default:0"`
+	Rejected       int64  `gorm:"not null;default:0"` // readings refused (no location where one is required, bad values)
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
 }
 
 // Dataread is one stored reading of a dataset: its time, optional
@@ -110,4 +114,102 @@ func (s *Store) Datareads(ctx context.Context, q DatareadQuery) ([]Dataread, err
 	var rs []Dataread
 	err := db.Order("id").Limit(q.Limit).Find(&rs).Error
 	return rs, err
+}
+
+// Contract is a consumer's agreement to use a dataset: a purchase, or a
+// rental until EndAt.
+type Contract struct {
+	ID           string `gorm:"primaryKey;size:40"`
+	Dataset      string `gorm:"size:63;index;not null"`
+	Consumer     string `gorm:"size:64;index;not null"` // assignee
+	Provider     string `gorm:"size:64;index;not null"` // assigner
+	Kind         string `gorm:"size:16;not null"`       // purchase | rental | free
+	Purpose      string `gorm:"size:64"`
+	State        string `gorm:"size:16;not null"`
+	StartAt      time.Time
+	EndAt        *time.Time
+	Document     string `gorm:"type:text"` // the provider's signed validation
+	AgreedBy     string `gorm:"size:64"`
+	AgreedAt     *time.Time
+	TerminatedBy string `gorm:"size:64"`
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// AuditEntry records one data access: who read what, when, under which
+// contract.
+type AuditEntry struct {
+	ID       uint64 `gorm:"primaryKey"`
+	TimeUS   int64  `gorm:"not null;index"`
+	User     string `gorm:"size:64;index;not null"`
+	Dataset  string `gorm:"size:63;index;not null"`
+	Contract string `gorm:"size:40"`
+	Query    string `gorm:"type:text"`
+	Records  int    `gorm:"not null"`
+}
+
+// CreateContract stores a contract.
+func (s *Store) CreateContract(ctx context.Context, c *Contract) error {
+	return s.db.WithContext(ctx).Create(c).Error
+}
+
+// ContractByID finds a contract.
+func (s *Store) ContractByID(ctx context.Context, id string) (*Contract, error) {
+	var c Contract
+	if err := s.db.WithContext(ctx).Where("id = ?", id).First(&c).Error; err != nil {
+		return nil, notFound(err, "contract "+id)
+	}
+	return &c, nil
+}
+
+// SaveContract writes a contract's state fields.
+func (s *Store) SaveContract(ctx context.Context, c *Contract) error {
+	return s.db.WithContext(ctx).Model(&Contract{}).Where("id = ?", c.ID).Updates(map[string]any{
+		"state": c.State, "document": c.Document, "agreed_by": c.AgreedBy, "agreed_at": c.AgreedAt,
+		"terminated_by": c.TerminatedBy, "updated_at": time.Now(),
+	}).Error
+}
+
+// ContractQuery filters contracts.
+type ContractQuery struct{ Consumer, Provider, Dataset string }
+
+// Contracts lists contracts, newest first.
+func (s *Store) Contracts(ctx context.Context, q ContractQuery) ([]Contract, error) {
+	db := s.db.WithContext(ctx).Order("created_at DESC").Limit(1000)
+	if q.Consumer != "" {
+		db = db.Where("consumer = ?", q.Consumer)
+	}
+	if q.Provider != "" {
+		db = db.Where("provider = ?", q.Provider)
+	}
+	if q.Dataset != "" {
+		db = db.Where("dataset = ?", q.Dataset)
+	}
+	var cs []Contract
+	err := db.Find(&cs).Error
+	return cs, err
+}
+
+// SetDatasetPolicies replaces a dataset's policies.
+func (s *Store) SetDatasetPolicies(ctx context.Context, id, access, contract string) error {
+	return s.db.WithContext(ctx).Model(&Dataset{}).Where("id = ?", id).Updates(map[string]any{"access_policy": access, "contract_policy": contract}).Error
+}
+
+// Audit records a data access.
+func (s *Store) Audit(ctx context.Context, e *AuditEntry) error {
+	return s.db.WithContext(ctx).Create(e).Error
+}
+
+// AuditLog lists accesses newest first: of datasets owned by owner when set.
+func (s *Store) AuditLog(ctx context.Context, owner, dataset string, limit int) ([]AuditEntry, error) {
+	db := s.db.WithContext(ctx).Order("id DESC").Limit(limit)
+	if owner != "" {
+		db = db.Where("dataset IN (?)", s.db.Model(&Dataset{}).Select("id").Where("owner = ?", owner))
+	}
+	if dataset != "" {
+		db = db.Where("dataset = ?", dataset)
+	}
+	var es []AuditEntry
+	err := db.Find(&es).Error
+	return es, err
 }

@@ -39,6 +39,9 @@ var migrations = []struct {
 	{"dataspace: datasets and their datareads", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&Dataset{}, &Dataread{})
 	}},
+	{"dataspace: policies, contracts, the access audit log", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&Dataset{}, &Contract{}, &AuditEntry{})
+	}},
 }
 
 // SchemaVersion is the number of migrations this build knows.
