@@ -49,6 +49,10 @@ func (s *Service) sweep(ctx context.Context) {
 }
 
 func (s *Service) applyRetention(ctx context.Context) {
+	// The planner's statistics follow the data (datareads arrive in bulk).
+	if err := s.store.Optimize(ctx); err != nil && ctx.Err() == nil {
+		s.log.Warn("database statistics not refreshed", "err", err)
+	}
 	if s.cfg.Retention <= 0 {
 		return
 	}

@@ -33,12 +33,17 @@ type Dataset struct {
 
 // Dataread is one stored reading of a dataset: its time, optional
 // position and the engine-encoded blob.
+//
+// Two indexes serve the two ways readings are asked for: by time (a
+// dataset's readings of a period) and by place (a bounding box, then time:
+// one station's week reads a narrow longitude range instead of every
+// station's readings of that week).
 type Dataread struct {
 	ID      uint64   `gorm:"primaryKey"`
-	Dataset string   `gorm:"size:63;not null;index:idx_dataread_time,priority:1"`
-	TimeUS  int64    `gorm:"not null;index:idx_dataread_time,priority:2"`
-	Lat     *float64 `gorm:""`
-	Lon     *float64 `gorm:""`
+	Dataset string   `gorm:"size:63;not null;index:idx_dataread_time,priority:1;index:idx_dataread_place,priority:1"`
+	TimeUS  int64    `gorm:"not null;index:idx_dataread_time,priority:2;index:idx_dataread_place,priority:4"`
+	Lat     *float64 `gorm:"index:idx_dataread_place,priority:3"`
+	Lon     *float64 `gorm:"index:idx_dataread_place,priority:2"`
 	Blob    []byte   `gorm:"not null"`
 }
 

@@ -42,6 +42,9 @@ var migrations = []struct {
 	{"dataspace: policies, contracts, the access audit log", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&Dataset{}, &Contract{}, &AuditEntry{})
 	}},
+	{"datareads: an index by place (longitude, latitude, time) for bounding-box queries", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&Dataread{})
+	}},
 }
 
 // SchemaVersion is the number of migrations this build knows.

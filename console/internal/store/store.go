@@ -136,3 +136,14 @@ func isUnique(err error) bool {
 	msg := err.Error()
 	return strings.Contains(msg, "UNIQUE constraint failed") || strings.Contains(msg, "duplicate key value") || strings.Contains(msg, "SQLSTATE 23505")
 }
+
+// Optimize refreshes the query planner's statistics (SQLite's ANALYZE;
+// PostgreSQL's autovacuum does this by itself), so that after a bulk load
+// queries pick the right index. The console runs it with its retention
+// sweep.
+func (s *Store) Optimize(ctx context.Context) error {
+	if s.dialect != "sqlite" {
+		return nil
+	}
+	return s.db.WithContext(ctx).Exec("ANALYZE").Error
+}
