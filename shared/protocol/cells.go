@@ -3,6 +3,7 @@ package protocol
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 )
 
@@ -41,6 +42,10 @@ type CellSpec struct {
 	// the cell held, undelivered input kept in the checkpoint, until the
 	// spec changes. It is the first half of a migration.
 	Hold string `json:"hold,omitempty"`
+	// Datasets forwards outputs into the dataspace: output name → dataset
+	// id. Each record the cell emits on such an output is an engine blob
+	// the agent sends to the console for that dataset.
+	Datasets map[string]string `json:"datasets,omitempty"`
 	// Restore (a checkpoint id) starts the cell from that checkpoint
 	// instead of fresh: its memory, globals, cursors and undelivered inbox.
 	// It is the second half of a migration, and a failover.
@@ -204,6 +209,17 @@ func (c *CellSpec) Validate() error {
 	for _, o := range c.Outputs {
 		if o == "" || len(o) > 128 {
 			return invalid("cell %s: output name %q must be 1-128 characters", c.ID, o)
+		}
+	}
+	if len(c.Datasets) > 16 {
+		return invalid("cell %s: at most 16 dataset outputs", c.ID)
+	}
+	for out, ds := range c.Datasets {
+		if !slices.Contains(c.Outputs, out) {
+			return invalid("cell %s: dataset output %q is not one of its outputs", c.ID, out)
+		}
+		if !cellIDRE.MatchString(ds) {
+			return invalid("cell %s: dataset %q: use 1-63 lowercase letters, digits or '-'", c.ID, ds)
 		}
 	}
 	if c.App != "" && !cellIDRE.MatchString(c.App) {

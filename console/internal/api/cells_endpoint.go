@@ -23,6 +23,8 @@ type cellRequest struct {
 	// CheckpointSeconds: periodic checkpoints, so the cell survives the
 	// loss of its node (0: none).
 	CheckpointSeconds int `json:"checkpoint_seconds"`
+	// Datasets forwards outputs into the dataspace (output → dataset id).
+	Datasets map[string]string `json:"datasets"`
 }
 
 var cellWriteRoles = []string{store.RoleAdmin, store.RoleOperator}
@@ -33,7 +35,7 @@ func (s *Server) createCell(c echo.Context) error {
 		return err
 	}
 	spec := protocol.CellSpec{ID: req.ID, Module: req.Module, Config: []byte(req.Config), Inputs: req.Inputs,
-		Outputs: req.Outputs, Limits: req.Limits, CheckpointSeconds: req.CheckpointSeconds}
+		Outputs: req.Outputs, Limits: req.Limits, CheckpointSeconds: req.CheckpointSeconds, Datasets: req.Datasets}
 	cell, err := s.Cells.Create(c.Request().Context(), spec, req.Node, subject(c))
 	if err != nil {
 		return err

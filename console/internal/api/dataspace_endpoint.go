@@ -17,6 +17,7 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/store"
 	"github.com/cloudskin/cloudskin/shared/engine"
+	"github.com/cloudskin/cloudskin/shared/protocol"
 )
 
 // The dataspace's datasets and their datareads. Providers publish datasets
@@ -42,6 +43,7 @@ func (s *Server) registerDataspace(v1 *echo.Group) {
 	v1.GET("/datasets/:id/audit", s.datasetAudit, s.userAuth, s.requireRole(datasetWriteRoles...))
 	v1.POST("/datasets/:id/datareads", s.addDatareads, s.userAuth, s.requireRole(datasetWriteRoles...))
 	v1.GET("/datasets/:id/datareads", s.queryDatareads, s.userAuth, s.requireRole(dataspaceRoles...))
+	v1.POST("/datasets/:id/datareads/blobs", s.addBlobs, s.nodeAuth)
 	v1.GET("/catalog", s.catalog, s.userAuth, s.requireRole(dataspaceRoles...))
 	v1.POST("/contracts", s.requestContract, s.userAuth, s.requireRole(store.RoleConsumer))
 	v1.GET("/contracts", s.listContracts, s.userAuth, s.requireRole(dataspaceRoles...))
@@ -336,4 +338,91 @@ func (s *Server) datareadsCSV(c echo.Context, eng *engine.Engine, rows []store.D
 	}
 	w.Flush()
 	return w.Error()
+}
+
+// addBlobs: POST /datasets/{id}/datareads/blobs (node): engine blobs a
+// node's cell encoded at the edge (a transform cell with the dataset's
+// engine as its config), {"datareads": [{"time", "lat", "lon", "blob"}]}.
+// Only a node running a cell whose spec forwards an output to this dataset
+// may post; each blob must decode with the dataset's engine.
+func (s *Server) addBlobs(c echo.Context) error {
+	ctx := c.Request().Context()
+	node, _ := c.Get("node").(string)
+	d, err := s.Store.DatasetByID(ctx, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	if !s.nodeFeeds(c, node, d.ID) {
+		s.Metrics.Reject(metrics.RejectForbidden)
+		s.Log.Warn("node refused: no cell of it forwards to the dataset", "node", node, "dataset", d.ID)
+		return echo.NewHTTPError(http.StatusForbidden, "node "+node+" runs no cell forwarding to dataset "+d.ID)
+	}
+	eng, err := parseEngine(d)
+	if err != nil {
+		return err
+	}
+	var req struct {
+		Datareads []struct {
+			Time time.Time `json:"time"`
+			Lat  *float64  `json:"lat"`
+			Lon  *float64  `json:"lon"`
+			Blob []byte    `json:"blob"`
+		} `json:"datareads"`
+	}
+	if err := bind(c, &req); err != nil {
+		return err
+	}
+	if len(req.Datareads) == 0 || len(req.Datareads) > maxDatareadBatch {
+		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("datareads: 1 to %d per batch", maxDatareadBatch))
+	}
+	rows := make([]store.Dataread, 0, len(req.Datareads))
+	var rejected []rejection
+	for i, r := range req.Datareads {
+		why := ""
+		switch {
+		case r.Time.IsZero():
+			why = "time: missing"
+		case (r.Lat == nil) != (r.Lon == nil) || (r.Lat != nil && (*r.Lat < -90 || *r.Lat > 90 || *r.Lon < -180 || *r.Lon > 180)):
+			why = "lat/lon: not a position"
+		case d.LocationRequired && r.Lat == nil:
+			why = "this dataset requires a location (lat, lon)"
+		}
+		if why == "" {
+			if _, err := eng.Decode(r.Blob); err != nil {
+				why = err.Error()
+			}
+		}
+		if why != "" {
+			rejected = append(rejected, rejection{Index: i, Error: why})
+			continue
+		}
+		rows = append(rows, store.Dataread{Dataset: d.ID, TimeUS: r.Time.UnixMicro(), Lat: r.Lat, Lon: r.Lon, Blob: r.Blob})
+	}
+	if err := s.Store.AddDatareads(ctx, d.ID, rows, len(rejected)); err != nil {
+		return err
+	}
+	if rejected == nil {
+		rejected = []rejection{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"accepted": len(rows), "rejected": rejected})
+}
+
+// nodeFeeds reports whether node runs a cell forwarding into dataset.
+func (s *Server) nodeFeeds(c echo.Context, node, dataset string) bool {
+	cells, err := s.Store.ListCells(c.Request().Context(), node)
+	if err != nil {
+		return false
+	}
+	for _, cl := range cells {
+		var spec protocol.CellSpec
+		if json.Unmarshal([]byte(cl.Spec), &spec) != nil {
+			continue
+		}
+		for _, ds := range spec.Datasets {
+			if ds == dataset {
+				return true
+			}
+		}
+	}
+	return false
 }

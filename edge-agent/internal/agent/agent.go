@@ -102,6 +102,7 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 		return err
 	}
 	a.cells.streams = a.streams
+	a.cells.forward = newDatasetForwarder(a)
 	// The streams of the desired state the node had when it stopped.
 	if err := a.streams.apply(a.cells.desiredStreams()); err != nil {
 		a.log.Error("streams not all open", "err", err)
@@ -120,6 +121,7 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 	g.Go(func() error { return a.sampleLoop(gctx) })
 	g.Go(func() error { return a.sendLoop(gctx) })
 	g.Go(func() error { return a.cells.run(gctx) })
+	g.Go(func() error { return a.cells.forward.run(gctx) })
 	g.Go(func() error { return a.actualLoop(gctx) })
 	if ln != nil {
 		srv := &http.Server{Handler: a.httpHandler(), ReadHeaderTimeout: 5 * time.Second}

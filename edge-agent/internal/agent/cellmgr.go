@@ -31,6 +31,7 @@ type cellManager struct {
 	dataDir string
 	publish func(topic string, payload []byte) // local sensor broker: cell outputs
 	streams *streamManager                     // durable inputs; nil in tests without streams
+	forward *datasetForwarder                  // dataset outputs; nil in tests
 
 	persist   sync.Mutex // serialises writing desired.json
 	persisted int64      // the generation in desired.json
@@ -589,7 +590,11 @@ func (m *cellManager) output(rc *runningCell, stream string, data []byte) {
 	if len(rc.outputs) > recentOutputs {
 		rc.outputs = rc.outputs[len(rc.outputs)-recentOutputs:]
 	}
+	ds := rc.spec.Datasets[stream]
 	m.mu.Unlock()
+	if ds != "" && m.forward != nil {
+		m.forward.add(ds, data)
+	}
 	if m.publish != nil {
 		m.publish("cells/"+rc.spec.ID+"/"+stream, data)
 	}
