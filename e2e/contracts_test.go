@@ -46,6 +46,26 @@ func contractFlow(t *testing.T, be backend) {
 		{"time": "2022-01-01T07:05:00Z", "reading": map[string]any{"temp": -10.6, "rh": 97.43, "wind": 1.93}},
 		{"time": "2022-01-01T07:10:00Z", "reading": map[string]any{"temp": -10.63, "rh": 97.33, "wind": 2.168}},
 	}}, 200, nil)
+	// The provider's license document, readable before a contract.
+	doc := "License: research and irrigation planning only. Signed, agri-prov."
+	if code, _, raw := c.send("PUT", "/api/v1/datasets/fields/document", http.Header{"Authorization": {"Bearer " + tok["agri-prov"]}}, strings.NewReader(doc)); code != 200 {
+		t.Fatalf("document upload: %d %s", code, raw)
+	}
+	for who, want := range map[string]int{"coop": 200, "arms": 200} {
+		code, _, raw := c.send("GET", "/api/v1/datasets/fields/document", http.Header{"Authorization": {"Bearer " + tok[who]}}, nil)
+		if code != want || (code == 200 && string(raw) != doc) {
+			t.Fatalf("%s reading the document: %d %q", who, code, raw)
+		}
+	}
+	if code, _, _ := c.send("PUT", "/api/v1/datasets/fields/document", http.Header{"Authorization": {"Bearer " + tok["coop"]}}, strings.NewReader("forged")); code != 403 {
+		t.Fatalf("a consumer replacing the document: %d", code)
+	}
+	if code, _, _ := c.send("PUT", "/api/v1/datasets/fields/document", http.Header{"Authorization": {"Bearer " + tok["agri-prov"]}}, strings.NewReader("")); code != 400 {
+		t.Fatalf("an empty document: %d", code)
+	}
+	if _, _, raw := c.send("GET", "/api/v1/datasets/fields/document", http.Header{"Authorization": {"Bearer " + tok["coop"]}}, nil); string(raw) != doc {
+		t.Fatalf("the document after a refused empty upload: %q", raw)
+	}
 	read := func(who string) (int, string) {
 		code, _, raw := c.send("GET", "/api/v1/datasets/fields/datareads", http.Header{"Authorization": {"Bearer " + tok[who]}}, nil)
 		return code, string(raw)

@@ -23,6 +23,7 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/fleet"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/modules"
+	"github.com/cloudskin/cloudskin/console/internal/objects"
 	"github.com/cloudskin/cloudskin/console/internal/placement"
 	"github.com/cloudskin/cloudskin/console/internal/rpc"
 	"github.com/cloudskin/cloudskin/console/internal/store"
@@ -45,6 +46,8 @@ type Server struct {
 	Tier    *tier.Service // streams' cloud tier (segments); nil answers 503
 	// Placement runs apps, migrations and checkpoints.
 	Placement *placement.Service
+	// Objects keeps blobs such as datasets' provider documents.
+	Objects objects.Store
 	// RPC asks nodes for what only they hold (stream records).
 	RPC     *rpc.Caller
 	Tokens  *auth.Tokens

@@ -1,9 +1,14 @@
 package api
 
 import (
+	"bufio"
+	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"github.com/cloudskin/cloudskin/console/internal/objects"
+	"io"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -44,6 +49,8 @@ func (s *Server) registerDataspace(v1 *echo.Group) {
 	v1.POST("/datasets/:id/datareads", s.addDatareads, s.userAuth, s.requireRole(datasetWriteRoles...))
 	v1.GET("/datasets/:id/datareads", s.queryDatareads, s.userAuth, s.requireRole(dataspaceRoles...))
 	v1.POST("/datasets/:id/datareads/blobs", s.addBlobs, s.nodeAuth)
+	v1.PUT("/datasets/:id/document", s.putDocument, s.userAuth, s.requireRole(datasetWriteRoles...))
+	v1.GET("/datasets/:id/document", s.getDocument, s.userAuth, s.requireRole(dataspaceRoles...))
 	v1.GET("/catalog", s.catalog, s.userAuth, s.requireRole(dataspaceRoles...))
 	v1.POST("/contracts", s.requestContract, s.userAuth, s.requireRole(store.RoleConsumer))
 	v1.GET("/contracts", s.listContracts, s.userAuth, s.requireRole(dataspaceRoles...))
@@ -425,4 +432,76 @@ func (s *Server) nodeFeeds(c echo.Context, node, dataset string) bool {
 		}
 	}
 	return false
+}
+
+// documentRoute is where a provider uploads a dataset's document (consent,
+// license); exempt from the global body limit, bounded by maxDocumentBytes.
+const (
+	documentRoute    = "/api/v1/datasets/:id/document"
+	maxDocumentBytes = 16 << 20
+)
+
+func documentKey(dataset string) string { return "datasets/" + dataset + "/document" }
+
+// putDocument: PUT /datasets/{id}/document (owner, admin), the raw file
+// (PDF, text…), at most 16 MiB, kept in the object store.
+func (s *Server) putDocument(c echo.Context) error {
+	d, _, err := s.ownDataset(c)
+	if err != nil {
+		return err
+	}
+	if s.Objects == nil {
+		return echo.NewHTTPError(http.StatusServiceUnavailable, "no object store")
+	}
+	if c.Request().ContentLength > maxDocumentBytes {
+		return echo.NewHTTPError(http.StatusRequestEntityTooLarge, "the document is larger than 16 MiB")
+	}
+	body := bufio.NewReader(c.Request().Body)
+	if _, err := body.Peek(1); err != nil {
+		// Nothing to store: the document in place stays.
+		return echo.NewHTTPError(http.StatusBadRequest, "an empty document")
+	}
+	lr := &io.LimitedReader{R: body, N: maxDocumentBytes + 1}
+	n, sum, err := s.Objects.Put(c.Request().Context(), documentKey(d.ID), lr)
+	if err != nil {
+		return err
+	}
+	if n > maxDocumentBytes {
+		_ = s.Objects.Delete(context.WithoutCancel(c.Request().Context()), documentKey(d.ID))
+		return echo.NewHTTPError(http.StatusRequestEntityTooLarge, "the document is larger than 16 MiB")
+	}
+	s.Log.Info("dataset document stored", "dataset", d.ID, "bytes", n, "by", subject(c))
+	return c.JSON(http.StatusOK, map[string]any{"bytes": n, "sha256": sum})
+}
+
+// getDocument: the owner, an admin, or a consumer who may see the dataset
+// in the catalog (a consumer reads the license before asking for it).
+func (s *Server) getDocument(c echo.Context) error {
+	ctx := c.Request().Context()
+	d, err := s.Store.DatasetByID(ctx, c.Param("id"))
+	if err != nil {
+		return err
+	}
+	if role(c) != store.RoleAdmin && d.Owner != subject(c) {
+		_, me, err := s.party(c, "")
+		if err != nil {
+			return err
+		}
+		access := parsePolicy(d.AccessPolicy)
+		if ok, _ := access.Allows(me); !ok {
+			return echo.NewHTTPError(http.StatusNotFound, "dataset "+d.ID+" not found")
+		}
+	}
+	if s.Objects == nil {
+		return echo.NewHTTPError(http.StatusServiceUnavailable, "no object store")
+	}
+	rc, err := s.Objects.Get(ctx, documentKey(d.ID))
+	if err != nil {
+		if errors.Is(err, objects.ErrNotFound) {
+			return echo.NewHTTPError(http.StatusNotFound, "dataset "+d.ID+" has no document")
+		}
+		return err
+	}
+	defer rc.Close()
+	return c.Stream(http.StatusOK, "application/octet-stream", rc)
 }

@@ -31,7 +31,7 @@ const uploadTimeout = 10 * time.Minute
 // middleware runs, so c.Path() is known.
 func skipGlobalBodyLimit(c echo.Context) bool {
 	return c.Request().Method == http.MethodPost && c.Path() == uploadRoute ||
-		c.Request().Method == http.MethodPut && (c.Path() == segmentBlobRoute || c.Path() == checkpointRoute)
+		c.Request().Method == http.MethodPut && (c.Path() == segmentBlobRoute || c.Path() == checkpointRoute || c.Path() == documentRoute)
 }
 
 // uploadModule takes the raw module as application/wasm, with an optional

@@ -143,7 +143,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	a := &api.Server{
-		Store: st, Fleet: fl, Modules: mods, Cells: cs, RPC: caller, Tier: tr, Placement: pl, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
+		Store: st, Fleet: fl, Modules: mods, Cells: cs, RPC: caller, Tier: tr, Placement: pl, Objects: objs, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
 		Ready: func(ctx context.Context) error {
 			if err := st.Ping(ctx); err != nil {
 				return fmt.Errorf("database: %w", err)
