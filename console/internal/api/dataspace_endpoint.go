@@ -169,11 +169,14 @@ func (s *Server) getDataset(c echo.Context) error {
 	return c.JSON(http.StatusOK, datasetView(d))
 }
 
+// datareadIn is one reading to store: JSON to encode (HTTP ingest), or a
+// blob a node's cell already encoded (edge ingest).
 type datareadIn struct {
 	Time    time.Time       `json:"time"`
 	Lat     *float64        `json:"lat"`
 	Lon     *float64        `json:"lon"`
-	Reading json.RawMessage `json:"reading"`
+	Reading json.RawMessage `json:"reading,omitempty"`
+	Blob    []byte          `json:"blob,omitempty"`
 }
 
 type rejection struct {
@@ -190,6 +193,15 @@ func (s *Server) addDatareads(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	return s.ingestDatareads(c, d, eng, true)
+}
+
+// ingestDatareads reads a batch {"datareads": [...]} and stores what
+// passes: a time, a position (both coordinates or neither, required if
+// the dataset says so), and a reading the engine encodes (encode) or a
+// blob it decodes. The others are refused with their index and reason,
+// and counted on the dataset.
+func (s *Server) ingestDatareads(c echo.Context, d *store.Dataset, eng *engine.Engine, encode bool) error {
 	var req struct {
 		Datareads []datareadIn `json:"datareads"`
 	}
@@ -213,9 +225,15 @@ func (s *Server) addDatareads(c echo.Context) error {
 		case d.LocationRequired && r.Lat == nil:
 			why = "this dataset requires a location (lat, lon)"
 		}
-		var blob []byte
+		blob := r.Blob
 		if why == "" {
-			if blob, err = eng.Encode(r.Reading); err != nil {
+			var err error
+			if encode {
+				blob, err = eng.Encode(r.Reading)
+			} else {
+				_, err = eng.Decode(blob)
+			}
+			if err != nil {
 				why = err.Error()
 			}
 		}
@@ -368,50 +386,7 @@ func (s *Server) addBlobs(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	var req struct {
-		Datareads []struct {
-			Time time.Time `json:"time"`
-			Lat  *float64  `json:"lat"`
-			Lon  *float64  `json:"lon"`
-			Blob []byte    `json:"blob"`
-		} `json:"datareads"`
-	}
-	if err := bind(c, &req); err != nil {
-		return err
-	}
-	if len(req.Datareads) == 0 || len(req.Datareads) > maxDatareadBatch {
-		return echo.NewHTTPError(http.StatusBadRequest, fmt.Sprintf("datareads: 1 to %d per batch", maxDatareadBatch))
-	}
-	rows := make([]store.Dataread, 0, len(req.Datareads))
-	var rejected []rejection
-	for i, r := range req.Datareads {
-		why := ""
-		switch {
-		case r.Time.IsZero():
-			why = "time: missing"
-		case (r.Lat == nil) != (r.Lon == nil) || (r.Lat != nil && (*r.Lat < -90 || *r.Lat > 90 || *r.Lon < -180 || *r.Lon > 180)):
-			why = "lat/lon: not a position"
-		case d.LocationRequired && r.Lat == nil:
-			why = "this dataset requires a location (lat, lon)"
-		}
-		if why == "" {
-			if _, err := eng.Decode(r.Blob); err != nil {
-				why = err.Error()
-			}
-		}
-		if why != "" {
-			rejected = append(rejected, rejection{Index: i, Error: why})
-			continue
-		}
-		rows = append(rows, store.Dataread{Dataset: d.ID, TimeUS: r.Time.UnixMicro(), Lat: r.Lat, Lon: r.Lon, Blob: r.Blob})
-	}
-	if err := s.Store.AddDatareads(ctx, d.ID, rows, len(rejected)); err != nil {
-		return err
-	}
-	if rejected == nil {
-		rejected = []rejection{}
-	}
-	return c.JSON(http.StatusOK, map[string]any{"accepted": len(rows), "rejected": rejected})
+	return s.ingestDatareads(c, d, eng, false)
 }
 
 // nodeFeeds reports whether node runs a cell forwarding into dataset.
