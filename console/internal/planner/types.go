@@ -86,6 +86,12 @@ type Observed struct {
 type Cell struct {
 	ID  string `json:"id"`
 	App string `json:"app"`
+	// Module is the digest of the cell's module; the learning plane's
+	// performance model reads it.
+	Module string `json:"module,omitempty"`
+	// InputRate is the records per second the cell handles (observed, or
+	// declared by its app); the learning plane's performance model reads it.
+	InputRate float64 `json:"input_rate,omitempty"`
 	// MemBytes and CPU (cores) are the cell's requests.
 	MemBytes    uint64      `json:"mem_bytes"`
 	CPU         float64     `json:"cpu"`
