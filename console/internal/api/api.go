@@ -104,6 +104,8 @@ func (s *Server) Handler() *echo.Echo {
 	s.registerPlacement(v1)
 	s.registerUsers(v1)
 	s.registerDataspace(v1)
+	s.registerNodeEvents(v1)
+	s.registerLearning(v1)
 	return e
 }
 

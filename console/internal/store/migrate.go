@@ -45,6 +45,9 @@ var migrations = []struct {
 	{"datareads: an index by place (longitude, latitude, time) for bounding-box queries", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&Dataread{})
 	}},
+	{"learning: per-cell samples, the model registry, events nodes report", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&CellSample{}, &LearningModel{}, &NodeEvent{})
+	}},
 }
 
 // SchemaVersion is the number of migrations this build knows.
