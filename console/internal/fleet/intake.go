@@ -111,7 +111,7 @@ func (s *Service) telemetry(ctx context.Context, n *store.Node, payload []byte) 
 	inserted, became, err := s.store.InsertSample(ctx, &store.Sample{
 		NodeID: n.ID, TimeUS: t.Time.UnixMicro(), Seq: t.Seq, CPUPercent: t.CPU.Percent,
 		MemPercent: t.Memory.Percent, PowerW: t.Energy.PowerW, EnergySource: t.Energy.Source,
-		BatteryPct: t.Energy.BatteryPct, Payload: string(canon), ReceivedUS: now.UnixMicro(),
+		BatteryPct: t.Energy.BatteryPct, SolarW: t.Energy.SolarW, Payload: string(canon), ReceivedUS: now.UnixMicro(),
 	}, s.seenAt(n, nil))
 	if err != nil {
 		s.log.Error("telemetry not stored", "node", n.Name, "err", err)

@@ -45,8 +45,8 @@ var migrations = []struct {
 	{"datareads: an index by place (longitude, latitude, time) for bounding-box queries", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&Dataread{})
 	}},
-	{"learning: per-cell samples, the model registry, events nodes report", func(tx *gorm.DB) error {
-		return tx.AutoMigrate(&CellSample{}, &LearningModel{}, &NodeEvent{})
+	{"learning: per-cell samples, the model registry, events nodes report, solar input per sample", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&CellSample{}, &LearningModel{}, &NodeEvent{}, &Sample{})
 	}},
 }
 

@@ -104,6 +104,7 @@ type Sample struct {
 	PowerW       float64  `gorm:"not null"`
 	EnergySource string   `gorm:"size:16"`
 	BatteryPct   *float64 `gorm:""`
+	SolarW       *float64 `gorm:""` // solar input, where the node has it
 	Payload      string   `gorm:"type:text;not null"`
 	ReceivedUS   int64    `gorm:"not null"`
 }
