@@ -258,3 +258,31 @@ func (s *Store) ModelByID(ctx context.Context, id uint64) (*LearningModel, error
 	}
 	return &m, nil
 }
+
+// Bucket is one node's telemetry averaged over one step: the series the
+// learning plane forecasts. A field is nil when no sample in the bucket had
+// it.
+type Bucket struct {
+	NodeID     uint
+	Bucket     int64 // time_us / step_us
+	CPUPercent float64
+	PowerW     float64
+	BatteryPct *float64
+	SolarW     *float64
+	Samples    int64
+}
+
+// FleetBuckets averages every node's samples with sinceUS <= time < untilUS
+// over steps of stepUS, by node then time: the database does the reduction,
+// so a fortnight of ten-second samples is not read row by row.
+func (s *Store) FleetBuckets(ctx context.Context, sinceUS, untilUS, stepUS int64) ([]Bucket, error) {
+	if stepUS <= 0 {
+		return nil, fmt.Errorf("bucket step %d µs must be positive", stepUS)
+	}
+	var out []Bucket
+	err := s.db.WithContext(ctx).Raw("SELECT node_id, time_us / ? AS bucket, AVG(cpu_percent) AS cpu_percent, "+
+		"AVG(power_w) AS power_w, AVG(battery_pct) AS battery_pct, AVG(solar_w) AS solar_w, COUNT(*) AS samples "+
+		"FROM telemetry_samples WHERE time_us >= ? AND time_us < ? GROUP BY node_id, bucket ORDER BY node_id, bucket",
+		stepUS, sinceUS, untilUS).Scan(&out).Error
+	return out, err
+}
