@@ -81,6 +81,19 @@ type Candidate struct {
 	// Scores holds each applicable component's weighted score.
 	Scores map[string]float64 `json:"scores,omitempty"`
 	Total  float64            `json:"total"`
+	// Predicted holds what the learning plane predicted for this node and
+	// the Planner used in the scores; nil when it predicted nothing.
+	Predicted *Predicted `json:"predicted,omitempty"`
+}
+
+// Predicted are the learning plane's figures a candidate was scored with.
+type Predicted struct {
+	// EnergyHours is the forecast of how long the green node's energy
+	// lasts (the horizon filter and the energy component read it).
+	EnergyHours *float64 `json:"energy_hours,omitempty"`
+	// LatencyMs is the cell's predicted p99 latency on the node (the
+	// latency component reads it; a cell's own node uses the observed one).
+	LatencyMs *float64 `json:"latency_ms,omitempty"`
 }
 
 // Rejection counts the nodes one filter rejected, with one example.

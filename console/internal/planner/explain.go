@@ -68,7 +68,28 @@ func (vw *View) candidate(r *cellReq, e *entry) Candidate {
 			c.Scores[scoreNames[k]] = round2(r.w[k] * e.parts[k])
 		}
 	}
+	c.Predicted = vw.predicted(r, &vw.f.nodes[e.node])
 	return c
+}
+
+// predicted collects the learning plane's figures the scores used for n.
+func (vw *View) predicted(r *cellReq, n *nodeInfo) *Predicted {
+	var pr Predicted
+	if n.green && n.energy.predicted && !math.IsInf(n.energy.hours, 0) {
+		h := round2(n.energy.hours)
+		pr.EnergyHours = &h
+	}
+	own := n.name == r.c.Node
+	if r.w[sLatency] != 0 && !(own && r.c.Observed != nil) {
+		if ms, ok := vw.p.latency(n, r, own); ok {
+			ms = round2(ms)
+			pr.LatencyMs = &ms
+		}
+	}
+	if pr.EnergyHours == nil && pr.LatencyMs == nil {
+		return nil
+	}
+	return &pr
 }
 
 // example is the first node by name that filter k rejected.
