@@ -113,7 +113,7 @@ func cellMem(c *store.Cell) uint64 {
 // plannerCell is a stored cell as the Planner sees it: its request, its
 // app's constraints, where it is bound and since when, and its latency.
 func (s *Service) plannerCell(c *store.Cell, apps map[string]*AppSpec) planner.Cell {
-	pc := planner.Cell{ID: c.ID, App: c.App, MemBytes: cellMem(c), Node: c.Node}
+	pc := planner.Cell{ID: c.ID, App: c.App, Module: c.Module, MemBytes: cellMem(c), Node: c.Node}
 	if c.BoundUS > 0 {
 		pc.Since = time.UnixMicro(c.BoundUS)
 	}
