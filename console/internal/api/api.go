@@ -21,6 +21,7 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/auth"
 	"github.com/cloudskin/cloudskin/console/internal/cells"
 	"github.com/cloudskin/cloudskin/console/internal/fleet"
+	"github.com/cloudskin/cloudskin/console/internal/learning"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/modules"
 	"github.com/cloudskin/cloudskin/console/internal/objects"
@@ -48,6 +49,11 @@ type Server struct {
 	Placement *placement.Service
 	// Objects keeps blobs such as datasets' provider documents.
 	Objects objects.Store
+	// Learning is the learning plane (models, predictions); nil answers 503.
+	Learning *learning.Service
+	// EnergyHorizon is the Planner's: recommendations flag green nodes
+	// whose energy will not last it.
+	EnergyHorizon time.Duration
 	// RPC asks nodes for what only they hold (stream records).
 	RPC     *rpc.Caller
 	Tokens  *auth.Tokens

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cloudskin/cloudskin/console/internal/cells"
@@ -47,6 +48,8 @@ type Service struct {
 
 	idleSince map[string]time.Time // scaled apps without backlog, since when (under mu)
 
+	appCPU atomic.Pointer[map[string]float64] // each app's CPU request, as of the newest snapshot
+
 	tmu      sync.Mutex // guards the moving targets
 	targets  map[string]planner.Point
 	targetAt map[string]time.Time
@@ -70,6 +73,15 @@ func New(cfg Config, st *store.Store, cs *cells.Service, objs objects.Store, pre
 		Moves: NewMoves(cfg.Moves, st, cs, log), Checkpoints: NewCheckpoints(st, objs, log),
 		targets: map[string]planner.Point{}, targetAt: map[string]time.Time{}, idleSince: map[string]time.Time{},
 	}, nil
+}
+
+// AppCPU is the CPU request of an app's cells as of the newest planning
+// round (0 when unknown). Safe for concurrent use.
+func (s *Service) AppCPU(app string) float64 {
+	if m := s.appCPU.Load(); m != nil {
+		return (*m)[app]
+	}
+	return 0
 }
 
 // Kick asks for a round now (a node reported, a checkpoint arrived).
@@ -145,6 +157,11 @@ func (s *Service) snapshot(ctx context.Context) ([]store.Cell, map[string]*AppSp
 		}
 		apps[r.Name] = &a
 	}
+	cpu := make(map[string]float64, len(apps))
+	for name, a := range apps {
+		cpu[name] = a.CPU
+	}
+	s.appCPU.Store(&cpu)
 	nodes, err := s.fleetView(ctx, cs)
 	return cs, apps, nodes, err
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cloudskin/cloudskin/console/internal/learning"
 	"github.com/cloudskin/cloudskin/shared/protocol"
 )
 
@@ -47,6 +48,12 @@ type Config struct {
 	RestoreTimeout   time.Duration `yaml:"restore_timeout"`
 	DefaultHeartbeat time.Duration `yaml:"default_heartbeat"`
 	MissedHeartbeats int           `yaml:"missed_heartbeats"`
+	// Learning plane: how often models train, how much history they read,
+	// the forecasts' grid, and the battery charge a green node keeps back.
+	LearningInterval time.Duration `yaml:"learning_interval"`
+	LearningWindow   time.Duration `yaml:"learning_window"`
+	LearningStep     time.Duration `yaml:"learning_step"`
+	BatteryReserve   float64       `yaml:"battery_reserve_pct"`
 	MosquittoDir     string        `yaml:"mosquitto_dir"`
 	MosquittoPidfile string        `yaml:"mosquitto_pidfile"`
 	LogLevel         string        `yaml:"log_level"`
@@ -70,6 +77,10 @@ func DefaultConfig() Config {
 		Retention:          7 * 24 * time.Hour,
 		DefaultHeartbeat:   5 * time.Second,
 		MissedHeartbeats:   3,
+		LearningInterval:   learning.DefaultConfig().Interval,
+		LearningWindow:     learning.DefaultConfig().Window,
+		LearningStep:       learning.DefaultConfig().Step,
+		BatteryReserve:     learning.DefaultConfig().ReservePct,
 		LogLevel:           "info",
 	}
 }
@@ -102,6 +113,10 @@ func (c *Config) Define(fs *flag.FlagSet) {
 	fs.IntVar(&c.MissedHeartbeats, "missed-heartbeats", c.MissedHeartbeats, "missed heartbeats before a node is offline")
 	fs.StringVar(&c.MosquittoDir, "mosquitto-dir", c.MosquittoDir, "with --broker: directory where the console writes Mosquitto's passwd and acl files")
 	fs.StringVar(&c.MosquittoPidfile, "mosquitto-pidfile", c.MosquittoPidfile, "with --broker: Mosquitto's pid file, signalled (HUP) to reload credentials")
+	fs.DurationVar(&c.LearningInterval, "learning-interval", c.LearningInterval, "how often the learning plane retrains its models (0: only on demand, POST /api/v1/learning/train)")
+	fs.DurationVar(&c.LearningWindow, "learning-window", c.LearningWindow, "how much telemetry history a training reads (at least 72h)")
+	fs.DurationVar(&c.LearningStep, "learning-step", c.LearningStep, "the grid the forecasts work on; must divide a day")
+	fs.Float64Var(&c.BatteryReserve, "battery-reserve", c.BatteryReserve, "battery percent a green node keeps back: its energy forecast ends there")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 }
 
@@ -137,6 +152,10 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %s must be between 0 and 168h", name, d))
 		}
 	}
+	lc := c.learning()
+	if err := lc.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.JWTTTL < time.Minute || c.JWTTTL > 30*24*time.Hour {
 		errs = append(errs, fmt.Errorf("jwt-ttl: %s must be between 1m and 720h", c.JWTTTL))
 	}
@@ -170,4 +189,11 @@ func (c *Config) brokerPublic() string {
 		host = "127.0.0.1"
 	}
 	return "tcp://" + net.JoinHostPort(host, port)
+}
+
+// learning is the learning plane's configuration.
+func (c *Config) learning() learning.Config {
+	lc := learning.DefaultConfig()
+	lc.Interval, lc.Window, lc.Step, lc.ReservePct = c.LearningInterval, c.LearningWindow, c.LearningStep, c.BatteryReserve
+	return lc
 }

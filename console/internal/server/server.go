@@ -18,6 +18,7 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/broker"
 	"github.com/cloudskin/cloudskin/console/internal/cells"
 	"github.com/cloudskin/cloudskin/console/internal/fleet"
+	"github.com/cloudskin/cloudskin/console/internal/learning"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/modules"
 	"github.com/cloudskin/cloudskin/console/internal/objects"
@@ -112,10 +113,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	cs := cells.New(topics, st, bus, log)
 	pcfg := planner.DefaultConfig()
 	pcfg.OfflineGrace, pcfg.MinResidence, pcfg.EnergyHorizon = cfg.OfflineGrace, cfg.MinResidence, cfg.EnergyHorizon
-	pl, err := placement.New(placement.Config{
+	var pl *placement.Service
+	lp, err := learning.New(cfg.learning(), st, m.Registry, func(app string) float64 { return pl.AppCPU(app) }, log)
+	if err != nil {
+		return err
+	}
+	pl, err = placement.New(placement.Config{
 		Planner: pcfg, Interval: cfg.PlanInterval,
 		Moves: placement.MoveConfig{HoldTimeout: cfg.HoldTimeout, RestoreTimeout: cfg.RestoreTimeout},
-	}, st, cs, objs, nil, log)
+	}, st, cs, objs, lp, log)
 	if err != nil {
 		return fmt.Errorf("planner: %w", err)
 	}
@@ -143,7 +149,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	a := &api.Server{
-		Store: st, Fleet: fl, Modules: mods, Cells: cs, RPC: caller, Tier: tr, Placement: pl, Objects: objs, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
+		Store: st, Fleet: fl, Modules: mods, Cells: cs, RPC: caller, Tier: tr, Placement: pl, Learning: lp, EnergyHorizon: cfg.EnergyHorizon, Objects: objs, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
 		Ready: func(ctx context.Context) error {
 			if err := st.Ping(ctx); err != nil {
 				return fmt.Errorf("database: %w", err)
@@ -156,6 +162,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return fl.Run(gctx) })
 	g.Go(func() error { return pl.Run(gctx) })
+	g.Go(func() error { return lp.Run(gctx) })
 	g.Go(func() error {
 		log.Info("console HTTP listening", "addr", ln.Addr().String(), "db", st.Dialect(), "broker", brokerName(cfg))
 		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

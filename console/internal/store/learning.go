@@ -286,3 +286,11 @@ func (s *Store) FleetBuckets(ctx context.Context, sinceUS, untilUS, stepUS int64
 		stepUS, sinceUS, untilUS).Scan(&out).Error
 	return out, err
 }
+
+// PruneModels deletes versions older than the newest keep of each kind and
+// subject, never the served one.
+func (s *Store) PruneModels(ctx context.Context, keep int) error {
+	return s.db.WithContext(ctx).Exec("DELETE FROM learning_models WHERE NOT active AND version <= "+
+		"(SELECT MAX(x.version) FROM learning_models x WHERE x.kind = learning_models.kind AND x.subject = learning_models.subject) - ?",
+		keep).Error
+}
