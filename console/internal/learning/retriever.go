@@ -71,14 +71,10 @@ func (s *Service) nodes(ctx context.Context) ([]nodeFacts, error) {
 // nodeSeries are one node's telemetry on a regular grid; NaN marks a step
 // without a sample.
 type nodeSeries struct {
-	Start                      time.Time
-	Step                       time.Duration
+	Start                       time.Time
+	Step                        time.Duration
 	Load, Power, Battery, Solar []float64
-	samples                    int64
-}
-
-func (ns *nodeSeries) series(vals []float64) model.Series {
-	return model.Series{Start: ns.Start, Step: ns.Step, Values: vals}
+	samples                     int64
 }
 
 // seriesByNode averages every node's telemetry in [from, to) over step.

@@ -125,9 +125,17 @@ func (s *Service) forecast(ctx context.Context, rep *Report, kind, subject strin
 	if !math.IsNaN(hi) {
 		opt.Max = &hi
 	}
-	row := &store.LearningModel{Kind: kind, Subject: subject, TrainFrom: ns.Start, TrainTo: ns.Start.Add(time.Duration(len(vals)) * ns.Step),
+	// The series starts at the node's first sample in the window: a node
+	// enrolled yesterday has a day of data, not thirteen days of gaps.
+	first := 0
+	for first < len(vals) && math.IsNaN(vals[first]) {
+		first++
+	}
+	start := ns.Start.Add(time.Duration(first) * ns.Step)
+	vals = vals[first:]
+	row := &store.LearningModel{Kind: kind, Subject: subject, TrainFrom: start, TrainTo: start.Add(time.Duration(len(vals)) * ns.Step),
 		Rows: observed(vals), Features: `["time of day","level","trend"]`}
-	res, err := model.TrainForecast(ns.series(vals), opt)
+	res, err := model.TrainForecast(model.Series{Start: start, Step: ns.Step, Values: vals}, opt)
 	if err != nil {
 		s.record(ctx, rep, row, nil, nil, err)
 		return
