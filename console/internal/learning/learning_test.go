@@ -3,6 +3,7 @@ package learning
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -81,7 +82,7 @@ type fleet struct {
 func enroll(t testing.TB, st *store.Store, name, arch string, labels map[string]string) *store.Node {
 	t.Helper()
 	ctx := context.Background()
-	hash := fmt.Sprintf("%064d", len(name)+int(name[len(name)-1]))
+	hash := fmt.Sprintf("%x", sha256.Sum256([]byte(name)))
 	if err := st.CreateToken(ctx, &store.EnrollmentToken{TokenHash: hash, ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
