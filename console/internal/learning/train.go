@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/cloudskin/cloudskin/console/internal/learning/model"
@@ -51,6 +53,8 @@ type Report struct {
 	Ready    int           `json:"ready"`
 	NotReady int           `json:"not_ready"`
 	Failed   int           `json:"failed"`
+
+	mu sync.Mutex // guards the counts and Models while nodes train in parallel
 }
 
 // keepVersions is how many versions of one model the registry keeps
@@ -77,27 +81,22 @@ func (s *Service) Train(ctx context.Context, trigger string) (*Report, error) {
 		return nil, err
 	}
 	period := int(24 * time.Hour / s.cfg.Step)
+	// Nodes train in parallel, one per core: fitting a forecast is pure
+	// CPU, and a fleet's worth of them is most of a training.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	for _, n := range nodes {
 		ns := series[n.ID]
 		if ns == nil {
 			ns = &nodeSeries{Start: from, Step: s.cfg.Step}
 		}
-		s.forecast(ctx, rep, KindLoad, n.Name, ns, ns.Load, period, 0, 1, nil)
-		var slope *float64
-		if v, ok := wattsPerLoad(ns.Load, ns.Power); ok {
-			slope = &v
-		}
-		s.forecast(ctx, rep, KindPower, n.Name, ns, ns.Power, period, 0, math.NaN(), slope)
-		if n.Power != planner.PowerGreen {
-			continue
-		}
-		if observed(ns.Solar) > 0 || !math.IsNaN(n.Solar) {
-			s.forecast(ctx, rep, KindSolar, n.Name, ns, ns.Solar, period, 0, math.NaN(), nil)
-		}
-		if observed(ns.Battery) > 0 || !math.IsNaN(n.Battery) {
-			s.battery(ctx, rep, n.Name, ns)
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.trainNode(ctx, rep, n, ns, period)
+		})
 	}
+	wg.Wait()
 	samples, err := s.perfSamples(ctx, from, to, nodes)
 	if err != nil {
 		return nil, err
@@ -114,6 +113,25 @@ func (s *Service) Train(ctx context.Context, trigger string) (*Report, error) {
 	s.log.Info("models trained", "trigger", trigger, "ready", rep.Ready, "not_ready", rep.NotReady, "failed", rep.Failed,
 		"took", rep.Took.Round(time.Millisecond))
 	return rep, nil
+}
+
+// trainNode trains one node's forecasts and battery model.
+func (s *Service) trainNode(ctx context.Context, rep *Report, n nodeFacts, ns *nodeSeries, period int) {
+	s.forecast(ctx, rep, KindLoad, n.Name, ns, ns.Load, period, 0, 1, nil)
+	var slope *float64
+	if v, ok := wattsPerLoad(ns.Load, ns.Power); ok {
+		slope = &v
+	}
+	s.forecast(ctx, rep, KindPower, n.Name, ns, ns.Power, period, 0, math.NaN(), slope)
+	if n.Power != planner.PowerGreen {
+		return
+	}
+	if observed(ns.Solar) > 0 || !math.IsNaN(n.Solar) {
+		s.forecast(ctx, rep, KindSolar, n.Name, ns, ns.Solar, period, 0, math.NaN(), nil)
+	}
+	if observed(ns.Battery) > 0 || !math.IsNaN(n.Battery) {
+		s.battery(ctx, rep, n.Name, ns)
+	}
 }
 
 // forecast trains one forecast of vals and records it.
@@ -173,7 +191,9 @@ func (s *Service) record(ctx context.Context, rep *Report, row *store.LearningMo
 		row.Status, row.Reason = store.ModelFailed, err.Error()
 		last, lerr := s.store.ListModels(ctx, store.ModelQuery{Kind: row.Kind, Subject: row.Subject, Limit: 1})
 		if lerr == nil && len(last) == 1 && last[0].Status == store.ModelFailed && last[0].Reason == row.Reason {
+			rep.mu.Lock()
 			rep.Failed++
+			rep.mu.Unlock()
 			return
 		}
 	}
@@ -190,6 +210,8 @@ func (s *Service) record(ctx context.Context, rep *Report, row *store.LearningMo
 		s.log.Error("model not recorded", "kind", row.Kind, "subject", row.Subject, "err", aerr)
 		return
 	}
+	rep.mu.Lock()
+	defer rep.mu.Unlock()
 	switch row.Status {
 	case store.ModelReady:
 		rep.Ready++
