@@ -50,7 +50,19 @@ type CellSpec struct {
 	// instead of fresh: its memory, globals, cursors and undelivered inbox.
 	// It is the second half of a migration, and a failover.
 	Restore string `json:"restore,omitempty"`
+	// Priority says what the node may do with the cell on its own when it
+	// cannot reach the console and its energy runs short: a "low" cell may
+	// be paused (edge autonomy, docs/architecture.md); "" (normal) and
+	// "high" cells are only ever moved or stopped by the console.
+	Priority string `json:"priority,omitempty"`
 }
+
+// Cell priorities (CellSpec.Priority).
+const (
+	PriorityNormal = ""
+	PriorityLow    = "low"
+	PriorityHigh   = "high"
+)
 
 // Input feeds a cell batches named Name: either from a durable stream on the
 // node (Stream; read through the cursor "cell.{id}.{name}", committed after
@@ -96,6 +108,10 @@ const (
 	CellBackoff  = "backoff" // crashed; restarting after a delay
 	CellFailed   = "failed"  // cannot start (bad module, refused config)
 	CellHeld     = "held"    // checkpointed for a migration; takes no input
+	// CellPaused: a low-priority cell the node paused on its own while it
+	// could not reach the console and its energy ran short. It takes no
+	// input; Message says whether its input waits (deferred) or is lost (shed).
+	CellPaused = "paused"
 )
 
 // Actual is published on nodes/{node}/actual: what the agent runs.
@@ -224,6 +240,11 @@ func (c *CellSpec) Validate() error {
 	}
 	if c.App != "" && !cellIDRE.MatchString(c.App) {
 		return invalid("cell %s: app %q: use 1-63 lowercase letters, digits or '-'", c.ID, c.App)
+	}
+	switch c.Priority {
+	case PriorityNormal, PriorityLow, PriorityHigh:
+	default:
+		return invalid("cell %s: priority %q is not \"\" (normal), \"low\" or \"high\"", c.ID, c.Priority)
 	}
 	if c.CheckpointSeconds < 0 || c.CheckpointSeconds > 7*24*3600 {
 		return invalid("cell %s: checkpoint_seconds must be 0 (off) to one week", c.ID)

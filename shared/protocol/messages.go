@@ -141,6 +141,9 @@ func (t *Telemetry) Validate(node string, now time.Time) error {
 	if b := t.Energy.BatteryPct; b != nil && (*b < 0 || *b > 100.0001) {
 		return invalid("energy.battery_pct = %v is outside 0..100", *b)
 	}
+	if w := t.Energy.SolarW; w != nil && (math.IsNaN(*w) || *w < 0 || *w > 1e6) {
+		return invalid("energy.solar_w = %v is outside 0..1e6", *w)
+	}
 	if len(t.Temperatures) > 256 {
 		return invalid("%d temperature sensors, at most 256", len(t.Temperatures))
 	}

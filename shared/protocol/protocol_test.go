@@ -67,6 +67,8 @@ func TestTelemetryValidate(t *testing.T) {
 		{"source", func(s *Telemetry) { s.Energy.Source = "guess" }, "energy.source"},
 		{"watts", func(s *Telemetry) { s.Energy.PowerW = -3 }, "power_w"},
 		{"battery 120", func(s *Telemetry) { s.Energy.BatteryPct = pct(120) }, "battery_pct"},
+		{"solar at night", func(s *Telemetry) { s.Energy.SolarW = pct(0) }, ""},
+		{"solar negative", func(s *Telemetry) { s.Energy.SolarW = pct(-5) }, "solar_w"},
 		{"sensors", func(s *Telemetry) { s.Temperatures = make([]Temperature, 300) }, "temperature sensors"},
 	}
 	for _, tc := range tests {
@@ -127,15 +129,25 @@ func TestDesiredValidate(t *testing.T) {
 	if err := good.Validate("edge-1"); err != nil {
 		t.Fatal(err)
 	}
+	for _, p := range []string{PriorityNormal, PriorityLow, PriorityHigh} {
+		d := good
+		d.Cells = []CellSpec{good.Cells[0]}
+		d.Cells[0].Priority = p
+		if err := d.Validate("edge-1"); err != nil {
+			t.Errorf("priority %q refused: %v", p, err)
+		}
+	}
 	for name, change := range map[string]func(d *Desired){
-		"other node":   func(d *Desired) { d.Node = "edge-2" },
-		"bad id":       func(d *Desired) { d.Cells[0].ID = "Agg_1" },
-		"bad digest":   func(d *Desired) { d.Cells[0].Module = "sha1:abc" },
-		"twice":        func(d *Desired) { d.Cells = append(d.Cells, d.Cells[0]) },
-		"input topics": func(d *Desired) { d.Cells[0].Inputs[0].Topics = nil },
-		"negative":     func(d *Desired) { d.Cells[0].Limits.MemoryBytes = -1 },
-		"huge config":  func(d *Desired) { d.Cells[0].Config = make([]byte, 65<<10) },
-		"empty output": func(d *Desired) { d.Cells[0].Outputs = []string{""} },
+		"other node":    func(d *Desired) { d.Node = "edge-2" },
+		"bad id":        func(d *Desired) { d.Cells[0].ID = "Agg_1" },
+		"bad digest":    func(d *Desired) { d.Cells[0].Module = "sha1:abc" },
+		"twice":         func(d *Desired) { d.Cells = append(d.Cells, d.Cells[0]) },
+		"input topics":  func(d *Desired) { d.Cells[0].Inputs[0].Topics = nil },
+		"negative":      func(d *Desired) { d.Cells[0].Limits.MemoryBytes = -1 },
+		"huge config":   func(d *Desired) { d.Cells[0].Config = make([]byte, 65<<10) },
+		"empty output":  func(d *Desired) { d.Cells[0].Outputs = []string{""} },
+		"priority":      func(d *Desired) { d.Cells[0].Priority = "urgent" },
+		"priority case": func(d *Desired) { d.Cells[0].Priority = "Low" },
 	} {
 		d := good
 		d.Cells = append([]CellSpec(nil), good.Cells...)

@@ -25,6 +25,9 @@ type cellRequest struct {
 	CheckpointSeconds int `json:"checkpoint_seconds"`
 	// Datasets forwards outputs into the dataspace (output → dataset id).
 	Datasets map[string]string `json:"datasets"`
+	// Priority: "" (normal), "low" (the node may pause it on its own when
+	// it cannot reach the console and its energy runs short) or "high".
+	Priority string `json:"priority"`
 }
 
 var cellWriteRoles = []string{store.RoleAdmin, store.RoleOperator}
@@ -35,7 +38,8 @@ func (s *Server) createCell(c echo.Context) error {
 		return err
 	}
 	spec := protocol.CellSpec{ID: req.ID, Module: req.Module, Config: []byte(req.Config), Inputs: req.Inputs,
-		Outputs: req.Outputs, Limits: req.Limits, CheckpointSeconds: req.CheckpointSeconds, Datasets: req.Datasets}
+		Outputs: req.Outputs, Limits: req.Limits, CheckpointSeconds: req.CheckpointSeconds, Datasets: req.Datasets,
+		Priority: req.Priority}
 	cell, err := s.Cells.Create(c.Request().Context(), spec, req.Node, subject(c))
 	if err != nil {
 		return err

@@ -60,6 +60,8 @@ type Cell struct {
 	Outputs []string            `json:"outputs"`
 	Limits  protocol.CellLimits `json:"limits"`
 	App     string              `json:"app,omitempty"`
+	// Priority is "" (normal), "low" (its node may pause it on its own) or "high".
+	Priority string `json:"priority,omitempty"`
 	// CheckpointSeconds is the period of the cell's checkpoints (0: none).
 	CheckpointSeconds int `json:"checkpoint_seconds,omitempty"`
 	// HeldOn is the node still holding the cell while it migrates to Node.
@@ -299,7 +301,7 @@ func view(r *store.Cell) (*Cell, error) {
 	c := &Cell{
 		ID: r.ID, Node: r.Node, Module: spec.Module, Config: json.RawMessage(spec.Config), Inputs: spec.Inputs,
 		Outputs: spec.Outputs, Limits: spec.Limits, CreatedBy: r.CreatedBy, CreatedAt: r.CreatedAt.UTC(),
-		App: r.App, CheckpointSeconds: spec.CheckpointSeconds, HeldOn: r.HeldOn,
+		App: r.App, Priority: spec.Priority, CheckpointSeconds: spec.CheckpointSeconds, HeldOn: r.HeldOn,
 	}
 	if c.Inputs == nil {
 		c.Inputs = []protocol.Input{}

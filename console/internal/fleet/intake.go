@@ -58,8 +58,7 @@ func (s *Service) Sink(ctx context.Context, topic string, payload []byte) error 
 	case protocol.LeafPositions:
 		return s.position(ctx, n, payload)
 	case protocol.LeafEvents:
-		// Events have no consumer yet; they prove the node is alive.
-		return s.seen(ctx, n, nil)
+		return s.event(ctx, n, payload)
 	default:
 		s.m.Reject(metrics.RejectUnknownTopic)
 		s.log.Warn("message on unknown topic leaf dropped", "node", node, "topic", topic)

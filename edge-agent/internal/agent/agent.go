@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cloudskin/cloudskin/edge-agent/internal/autonomy"
 	"github.com/cloudskin/cloudskin/edge-agent/internal/journal"
 	"github.com/cloudskin/cloudskin/edge-agent/internal/telemetry"
 	"github.com/cloudskin/cloudskin/shared/protocol"
@@ -36,6 +37,10 @@ type Agent struct {
 	sampler *telemetry.Sampler
 	cells   *cellManager
 	streams *streamManager
+	// events is the durable outbox of node events (events.go); auto is
+	// edge autonomy's policy (autonomy.go).
+	events *eventOutbox
+	auto   *autonomyPolicy
 	// epoch counts MQTT connections; a publish is trusted only if the
 	// connection it was sent on is still the current one when it completes
 	// (paho can complete a token with a nil error across a reconnect).
@@ -103,6 +108,12 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 	}
 	a.cells.streams = a.streams
 	a.cells.forward = newDatasetForwarder(a)
+	if a.events, err = openEventOutbox(a); err != nil {
+		return err
+	}
+	defer a.events.close()
+	a.auto = newAutonomyPolicy(a.cfg, loadAutonomyState(a.cfg.Data, a.log), a.cells, a.events.add, a.saveAutonomy, a.m.registry, a.log, time.Now())
+	defer func() { a.auto.persist(time.Now()) }()
 	// The streams of the desired state the node had when it stopped.
 	if err := a.streams.apply(a.cells.desiredStreams()); err != nil {
 		a.log.Error("streams not all open", "err", err)
@@ -123,6 +134,7 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 	g.Go(func() error { return a.cells.run(gctx) })
 	g.Go(func() error { return a.cells.forward.run(gctx) })
 	g.Go(func() error { return a.actualLoop(gctx) })
+	g.Go(func() error { return a.events.run(gctx) })
 	if ln != nil {
 		srv := &http.Server{Handler: a.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error {
@@ -149,6 +161,7 @@ func (a *Agent) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.m.registry, promhttp.HandlerOpts{}))
 	a.registerStreamAPI(mux)
+	a.registerAutonomyAPI(mux)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{
@@ -157,6 +170,12 @@ func (a *Agent) httpHandler() http.Handler {
 		})
 	})
 	return mux
+}
+
+// saveAutonomy persists the energy forecast's state, so that a restart
+// during an outage does not forget what the node learned.
+func (a *Agent) saveAutonomy(st autonomy.State) error {
+	return writeFileAtomic(filepath.Join(a.cfg.Data, autonomyFile), st, 0o600)
 }
 
 func (a *Agent) brokerURL() string {
@@ -206,10 +225,15 @@ func (a *Agent) connect() {
 		c.Subscribe(a.topics.AllTissues(), 1, func(_ paho.Client, m paho.Message) {
 			a.cells.tissueMessage(m.Topic(), m.Payload())
 		})
+		// The console is back: cells paused on the node's own authority
+		// resume, and what the node did meanwhile goes out.
+		a.auto.connected(time.Now())
+		a.events.kick()
 		a.wake()
 	})
 	opts.SetConnectionLostHandler(func(_ paho.Client, err error) {
 		a.m.connected.Set(0)
+		a.auto.disconnected(time.Now())
 		a.log.Warn("lost MQTT connection; buffering telemetry on disk", "err", err)
 	})
 	a.client = paho.NewClient(opts)

@@ -67,11 +67,15 @@ type runningCell struct {
 	// its cursor committed). A checkpoint takes it to find a quiescent
 	// point: no call in progress, every cursor matching the cell's state.
 	gate sync.Mutex
+	// readersMu serialises starting and stopping the stream readers between
+	// a (re)start, a stop and edge autonomy's pause and resume.
+	readersMu sync.Mutex
 	// The fields below are guarded by cellManager.mu.
 	inbox      []inputRecord // topic records received, not yet handled
 	signal     chan struct{} // wakes the worker (capacity 1)
 	stopping   bool          // the worker exits at its next turn
 	holding    string        // the hold checkpoint in effect: no input is delivered
+	paused     string        // why edge autonomy paused the cell: no input is delivered (autonomy.go)
 	crashed    bool          // restarted after a trap: start fresh, not from a checkpoint
 	seq        uint64        // newest checkpoint sequence along the cell's lineage
 	ckpt       *protocol.CheckpointInfo
@@ -271,10 +275,11 @@ func (m *cellManager) reconcile(ctx context.Context) {
 }
 
 // sameRun reports whether two specs describe the same running cell: they
-// may differ only in the fields that drive checkpoints and migrations.
+// may differ only in the fields that drive checkpoints, migrations and
+// edge autonomy (the priority).
 func sameRun(a, b protocol.CellSpec) bool {
-	a.Hold, a.Restore, a.CheckpointSeconds = "", "", 0
-	b.Hold, b.Restore, b.CheckpointSeconds = "", "", 0
+	a.Hold, a.Restore, a.CheckpointSeconds, a.Priority = "", "", 0, ""
+	b.Hold, b.Restore, b.CheckpointSeconds, b.Priority = "", "", 0, ""
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return string(x) == string(y)
@@ -327,7 +332,7 @@ func (m *cellManager) startCell(ctx context.Context, rc *runningCell) {
 	done, signal := rc.done, rc.signal
 	m.mu.Unlock()
 	go m.work(rc, cell, signal, done)
-	m.startReaders(rc, cell)
+	m.startReadersUnlessPaused(rc, cell)
 	if ck != nil {
 		m.log.Info("cell restored", "cell", id, "module", rc.spec.Module[:12], "checkpoint", ck.ID, "seq", ck.Seq,
 			"from_node", ck.Node, "from_arch", ck.Arch, "inbox", len(ck.Inbox), "held", rc.holding != "")
@@ -427,7 +432,7 @@ func (m *cellManager) work(rc *runningCell, cell *cells.Cell, signal, done chan 
 		}
 		var input string
 		var batch []cells.Record
-		if rc.holding == "" {
+		if rc.holding == "" && rc.paused == "" {
 			input, batch = rc.takeBatchLocked()
 		}
 		m.mu.Unlock()
@@ -515,6 +520,7 @@ func (m *cellManager) died(rc *runningCell, cell *cells.Cell, err error) {
 }
 
 func (m *cellManager) stopCell(rc *runningCell, why string) {
+	rc.readersMu.Lock()
 	m.stopReaders(rc)
 	m.mu.Lock()
 	cell, done := rc.cell, rc.done
@@ -523,6 +529,7 @@ func (m *cellManager) stopCell(rc *runningCell, why string) {
 		rc.wakeLocked()
 	}
 	m.mu.Unlock()
+	rc.readersMu.Unlock()
 	if done != nil {
 		<-done
 	}
@@ -564,6 +571,15 @@ func (m *cellManager) dispatch(topic string, payload []byte) {
 		if rc.cell == nil || rc.holding != "" {
 			// A held cell's input stays with the source broker's other
 			// subscribers; topic inputs are not durable (use a stream).
+			continue
+		}
+		if rc.paused != "" {
+			// Shed: a paused cell's topic input is lost, counted.
+			if slices.ContainsFunc(rc.spec.Inputs, func(in protocol.Input) bool {
+				return slices.ContainsFunc(in.Topics, func(f string) bool { return topicMatches(f, topic) })
+			}) {
+				m.a.m.dropped.WithLabelValues("cell_paused").Inc()
+			}
 			continue
 		}
 		for _, in := range rc.spec.Inputs {
@@ -621,6 +637,9 @@ func (m *cellManager) actual() protocol.Actual {
 			LatencyP50US: float64(st.LatencyP50.Microseconds()), LatencyP99US: float64(st.LatencyP99.Microseconds()),
 			Events: slices.Clone(rc.events), RecentOutputs: slices.Clone(rc.outputs),
 			Checkpoint: rc.ckpt, RestoredFrom: rc.restored, Cursors: m.cursorsLocked(rc),
+		}
+		if rc.paused != "" && rc.cell != nil && rc.holding == "" {
+			cs.State, cs.Message = protocol.CellPaused, rc.paused
 		}
 		if rc.cell != nil {
 			for _, e := range rc.cell.Events() {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cloudskin/cloudskin/edge-agent/internal/autonomy"
 	"github.com/cloudskin/cloudskin/shared/config"
 	"github.com/cloudskin/cloudskin/shared/protocol"
 )
@@ -50,6 +51,21 @@ type Config struct {
 	// as JSON {"lat":…,"lon":…} (optionally "target"); the agent forwards
 	// the positions to the console so cells can follow their target.
 	TargetTopics []string `yaml:"target_topics"`
+	// Autonomy lets a green node that cannot reach the console pause its
+	// low-priority cells when its energy forecast falls short (edge
+	// autonomy, docs/architecture.md).
+	Autonomy bool `yaml:"autonomy"`
+	// AutonomyGrace is how long the console must be unreachable before the
+	// node decides alone (a short blip is not an outage).
+	AutonomyGrace time.Duration `yaml:"autonomy_grace"`
+	// AutonomyHorizon is how long the battery must last for the node to
+	// keep its low-priority cells running; they resume above 1.5× it. The
+	// default is the console's --energy-horizon.
+	AutonomyHorizon time.Duration `yaml:"autonomy_horizon"`
+	// AutonomyReservePct is the charge the forecast runs the battery down to.
+	AutonomyReservePct float64 `yaml:"autonomy_reserve_pct"`
+	// AutonomyBatteryWh is the battery's usable capacity; 0 learns it.
+	AutonomyBatteryWh float64 `yaml:"autonomy_battery_wh"`
 }
 
 // DefaultConfig is what `cloudskin-agent run` uses with no flags.
@@ -66,6 +82,10 @@ func DefaultConfig() Config {
 		PowerMaxW:           60,
 		LogLevel:            "info",
 		RehydrateCacheBytes: 64 << 20,
+		Autonomy:            true,
+		AutonomyGrace:       30 * time.Second,
+		AutonomyHorizon:     2 * time.Hour,
+		AutonomyReservePct:  10,
 	}
 }
 
@@ -95,6 +115,11 @@ func (c *Config) Define(fs *flag.FlagSet) {
 	fs.Var((*streamFlag)(&c.Streams), "stream", "declare a local stream as JSON, e.g. '{\"name\":\"sensors\",\"topics\":[\"sensors/#\"],\"spill\":true}' (repeatable)")
 	fs.Int64Var(&c.SpillBandwidth, "spill-bandwidth", c.SpillBandwidth, "bytes per second the node may use to upload spilled segments; 0: no cap")
 	fs.Int64Var(&c.RehydrateCacheBytes, "rehydrate-cache-bytes", c.RehydrateCacheBytes, "disk cache for spilled segments read back from the object store")
+	fs.BoolVar(&c.Autonomy, "autonomy", c.Autonomy, "on a green node that cannot reach the console, pause low-priority cells when the battery will not last --autonomy-horizon")
+	fs.DurationVar(&c.AutonomyGrace, "autonomy-grace", c.AutonomyGrace, "how long the console must be unreachable before the node decides alone")
+	fs.DurationVar(&c.AutonomyHorizon, "autonomy-horizon", c.AutonomyHorizon, "how long the battery must last to keep low-priority cells running (they resume above 1.5x); as the console's --energy-horizon")
+	fs.Float64Var(&c.AutonomyReservePct, "autonomy-reserve-pct", c.AutonomyReservePct, "battery charge (%) the energy forecast runs down to")
+	fs.Float64Var(&c.AutonomyBatteryWh, "autonomy-battery-wh", c.AutonomyBatteryWh, "usable battery capacity in Wh; 0 learns it from how the charge moves")
 }
 
 // Validate says which field is wrong and why, and folds lat/lon/power-class
@@ -172,6 +197,18 @@ func (c *Config) Validate() error {
 	}
 	if c.SpillBandwidth < 0 || c.RehydrateCacheBytes < 0 {
 		errs = append(errs, errors.New("spill-bandwidth/rehydrate-cache-bytes: must not be negative"))
+	}
+	if c.AutonomyGrace < 0 || c.AutonomyGrace > 24*time.Hour {
+		errs = append(errs, errors.New("autonomy-grace: must be between 0 and 24h"))
+	}
+	if c.AutonomyHorizon < time.Minute || c.AutonomyHorizon > autonomy.Window/2 {
+		errs = append(errs, fmt.Errorf("autonomy-horizon: must be between 1m and %s (1.5x it must fit the forecast's %s window)", autonomy.Window/2, autonomy.Window))
+	}
+	if !(c.AutonomyReservePct > 0 && c.AutonomyReservePct <= 90) {
+		errs = append(errs, errors.New("autonomy-reserve-pct: must be above 0 and at most 90"))
+	}
+	if !(c.AutonomyBatteryWh == 0 || (c.AutonomyBatteryWh >= autonomy.MinCapacityWh && c.AutonomyBatteryWh <= autonomy.MaxCapacityWh)) {
+		errs = append(errs, fmt.Errorf("autonomy-battery-wh: must be 0 (learn it) or between %d and %d", autonomy.MinCapacityWh, autonomy.MaxCapacityWh))
 	}
 	if c.PowerIdleW < 0 || c.PowerMaxW < c.PowerIdleW {
 		errs = append(errs, errors.New("power-idle-w/power-max-w: need 0 <= idle <= max"))

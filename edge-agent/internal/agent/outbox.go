@@ -42,6 +42,11 @@ func (a *Agent) sampleOnce(ctx context.Context, last *time.Time) error {
 	if err != nil {
 		return err
 	}
+	if a.auto != nil {
+		// Edge autonomy decides on every sample, connected or not, even
+		// if the outbox cannot take it.
+		a.auto.observe(now, s.Energy)
+	}
 	s.Node = a.cfg.Name
 	s.Time = now
 	s.Seq = a.outbox.NextIndex()

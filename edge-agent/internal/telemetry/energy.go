@@ -26,6 +26,7 @@ type sources struct {
 	zones     []raplZone // top-level RAPL packages; empty unless every one is readable
 	gen       int        // bumped when zones change, so no delta spans two sets
 	batteries []string   // power_supply directories of system batteries
+	solar     []string   // power_supply directories of solar inputs (probeSolar)
 	probedAt  time.Time
 	stale     bool // a source failed to read: probe again before the next read
 }
@@ -45,12 +46,13 @@ func (e *sources) probe() {
 		e.gen++
 	}
 	e.batteries = e.probeBatteries()
+	e.solar = e.probeSolar()
 }
 
 // maybeReprobe probes again after a failure, or now and then while a source is
 // missing.
 func (e *sources) maybeReprobe() {
-	if e.stale || (time.Since(e.probedAt) >= reprobeEvery && (len(e.zones) == 0 || len(e.batteries) == 0)) {
+	if e.stale || (time.Since(e.probedAt) >= reprobeEvery && (len(e.zones) == 0 || len(e.batteries) == 0 || len(e.solar) == 0)) {
 		e.probe()
 	}
 }
@@ -111,6 +113,72 @@ func (e *sources) probeBatteries() []string {
 		out = append(out, dir)
 	}
 	return out
+}
+
+// probeSolar returns the power_supply directories that measure solar input.
+// Linux has no power_supply type for a photovoltaic panel, so a charge
+// controller's driver (or a udev rule, or a small exporter writing a
+// sysfs-like tree under HOST_SYS) names it: any entry whose name starts with
+// "solar" (solar0, solar-mppt), unless it is a Battery, or a "Mains" entry
+// whose name contains "solar" (the input side of an MPPT controller, e.g.
+// mppt-solar-in).
+func (e *sources) probeSolar() []string {
+	dirs, _ := filepath.Glob(filepath.Join(e.sysRoot, "class/power_supply/*"))
+	var out []string
+	for _, dir := range dirs {
+		name := strings.ToLower(filepath.Base(dir))
+		t, _ := readString(filepath.Join(dir, "type"))
+		if (strings.HasPrefix(name, "solar") && t != "Battery") || (t == "Mains" && strings.Contains(name, "solar")) {
+			out = append(out, dir)
+		}
+	}
+	return out
+}
+
+// readSolar is the solar input in watts, summed over the solar entries; nil
+// when the node has none or none could be read (then sources are probed
+// again before the next sample). An entry that says it is offline (online
+// 0: no sun, or disconnected) gives 0 W.
+func (e *sources) readSolar() *float64 {
+	var (
+		sum  float64
+		read bool
+	)
+	for _, dir := range e.solar {
+		if _, err := os.Stat(dir); err != nil {
+			e.stale = true // unplugged
+			continue
+		}
+		if online, err := readInt(filepath.Join(dir, "online")); err == nil && online == 0 {
+			read = true
+			continue
+		}
+		if w, ok := solarWatts(dir); ok {
+			sum += w
+			read = true
+		}
+	}
+	if !read {
+		if len(e.solar) > 0 {
+			e.stale = true
+		}
+		return nil
+	}
+	return ptr(sum)
+}
+
+// solarWatts is power_now (µW), else voltage_now (µV) × current_now (µA).
+// Unlike a battery's, a solar input's 0 is a reading: night.
+func solarWatts(dir string) (float64, bool) {
+	if p, err := readInt(filepath.Join(dir, "power_now")); err == nil {
+		return math.Abs(float64(p)) / 1e6, true
+	}
+	i, err1 := readInt(filepath.Join(dir, "current_now"))
+	v, err2 := readInt(filepath.Join(dir, "voltage_now"))
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return math.Abs(float64(i)) * math.Abs(float64(v)) / 1e12, true
 }
 
 // readRAPL returns the energy counter of every package, in µJ, and the zone set
@@ -244,10 +312,11 @@ func batteryWatts(dir string) (float64, bool) {
 
 // energyFor names where the power comes from: RAPL, else a discharging battery,
 // else the linear model at r.cpuPct. Battery charge and status are reported
-// whenever a battery is present, whatever the power source.
+// whenever a battery is present, and solar input whenever a solar entry is,
+// whatever the power source.
 func (s *Sampler) energyFor(r rates) protocol.Energy {
 	b := s.energy.readBatteries()
-	en := protocol.Energy{BatteryPct: b.pct, Charging: b.charging}
+	en := protocol.Energy{BatteryPct: b.pct, Charging: b.charging, SolarW: s.energy.readSolar()}
 	switch {
 	case r.raplOK:
 		en.Source, en.PowerW = protocol.EnergyRAPL, r.raplW
