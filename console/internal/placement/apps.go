@@ -24,6 +24,10 @@ type AppSpec struct {
 	// arch only if it must, free memory, site, a fixed point or a moving
 	// target, power preference, or a pinned node).
 	Constraints planner.Constraints `json:"constraints"`
+	// Priority is the cells' priority on their node: "low" cells are the
+	// ones a green node cut off from the console may pause on its own to
+	// save energy (docs/architecture.md, Edge autonomy); "" is normal.
+	Priority string `json:"priority,omitempty"`
 	// CPU is each cell's CPU request in cores (scoring only).
 	CPU float64 `json:"cpu,omitempty"`
 	// LatencySLOms is the p99 latency the cells should keep; above it a
@@ -78,6 +82,11 @@ var appNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
 func (a *AppSpec) Validate() error {
 	if !appNameRE.MatchString(a.Name) {
 		return fmt.Errorf("%w: app name %q: use 1-32 lowercase letters, digits or '-'", ErrInvalid, a.Name)
+	}
+	switch a.Priority {
+	case protocol.PriorityNormal, protocol.PriorityLow, protocol.PriorityHigh:
+	default:
+		return fmt.Errorf("%w: app %s: priority %q is not \"\" (normal), \"low\" or \"high\"", ErrInvalid, a.Name, a.Priority)
 	}
 	if len(a.Cells) == 0 || len(a.Cells) > MaxAppCells {
 		return fmt.Errorf("%w: app %s: 1 to %d cells", ErrInvalid, a.Name, MaxAppCells)
@@ -180,7 +189,7 @@ func (a *AppSpec) cellSpecs() ([]protocol.CellSpec, error) {
 			}
 			out = append(out, protocol.CellSpec{
 				ID: id, Module: strings.TrimPrefix(c.Module, "sha256:"), Config: cfg, Inputs: ins, Outputs: c.Outputs,
-				Limits: c.Limits, App: a.Name, CheckpointSeconds: ckpt,
+				Limits: c.Limits, App: a.Name, CheckpointSeconds: ckpt, Priority: a.Priority,
 			})
 		}
 	}
