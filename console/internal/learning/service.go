@@ -60,7 +60,7 @@ type Config struct {
 // DefaultConfig is what the console runs with unless told otherwise.
 func DefaultConfig() Config {
 	return Config{
-		Interval: time.Hour, Window: 14 * 24 * time.Hour, Step: 5 * time.Minute,
+		Interval: time.Hour, Window: 7 * 24 * time.Hour, Step: 5 * time.Minute,
 		ReservePct: 10, Horizon: 24 * time.Hour, MaxRows: 200_000, MaxCandidates: 256,
 	}
 }

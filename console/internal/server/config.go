@@ -156,6 +156,9 @@ func (c *Config) Validate() error {
 	if err := lc.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.LearningWindow > c.Retention {
+		errs = append(errs, fmt.Errorf("learning-window: %s reaches past the telemetry kept (telemetry-retention %s)", c.LearningWindow, c.Retention))
+	}
 	if c.JWTTTL < time.Minute || c.JWTTTL > 30*24*time.Hour {
 		errs = append(errs, fmt.Errorf("jwt-ttl: %s must be between 1m and 720h", c.JWTTTL))
 	}
