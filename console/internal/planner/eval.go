@@ -309,7 +309,14 @@ func (p *Planner) latency(n *nodeInfo, r *cellReq, own bool) (float64, bool) {
 	if p.pred == nil {
 		return 0, false
 	}
-	ms, ok := p.pred.LatencyMs(*r.c, *n.node)
+	c := *r.c
+	if r.target != "" {
+		// The predictor cannot know where a moving target is: it sees the
+		// target's current position as the cell's affinity point.
+		pt := r.affPoint
+		c.Constraints.Point = &pt
+	}
+	ms, ok := p.pred.LatencyMs(c, *n.node)
 	if !ok || math.IsNaN(ms) {
 		return 0, false
 	}

@@ -38,3 +38,32 @@ func TestDecisionCitesPredictions(t *testing.T) {
 		}
 	}
 }
+
+// pointPredictor records the affinity point it was asked about.
+type pointPredictor struct{ seen *[]*Point }
+
+func (pointPredictor) EnergyHours(string) (float64, bool) { return 0, false }
+func (p pointPredictor) LatencyMs(c Cell, n Node) (float64, bool) {
+	*p.seen = append(*p.seen, c.Constraints.Point)
+	return 10, true
+}
+
+// TestPredictorSeesTarget: a cell following a moving target is predicted at
+// the target's current position.
+func TestPredictorSeesTarget(t *testing.T) {
+	var seen []*Point
+	vehicle := north(castelloli, 2000)
+	c := cell("x", slo(50, 0), with(func(k *Constraints) { k.Target = "vehicle-7" }))
+	newPlanner(t, DefaultConfig(), pointPredictor{&seen}).Place([]Node{node("a"), node("b")}, c, map[string]Point{"vehicle-7": vehicle}, t0)
+	if len(seen) == 0 {
+		t.Fatal("the predictor was not asked")
+	}
+	for _, p := range seen {
+		if p == nil || *p != vehicle {
+			t.Fatalf("asked about %v, the target is at %v", p, vehicle)
+		}
+	}
+	if c.Constraints.Point != nil {
+		t.Fatal("the caller's cell was changed")
+	}
+}

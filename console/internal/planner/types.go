@@ -117,6 +117,8 @@ type Predictor interface {
 	// for green nodes; it takes precedence over the battery figures.
 	EnergyHours(node string) (hours float64, ok bool)
 	// LatencyMs predicts a cell's p99 latency on a node (ok=false: unknown).
-	// Asked only for cells with a latency SLO, once per feasible node.
+	// Asked only for cells with a latency SLO, once per feasible node. For
+	// a cell following a moving target whose position is known, the cell's
+	// Constraints.Point is that position.
 	LatencyMs(cell Cell, node Node) (ms float64, ok bool)
 }
