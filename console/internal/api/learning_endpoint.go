@@ -246,7 +246,7 @@ func (s *Server) predict(c echo.Context) error {
 	if err != nil {
 		return learningError(err)
 	}
-	return c.JSON(http.StatusOK, map[string]any{"query": q, "prediction": p, "models": s.Learning.Versions()})
+	return c.JSON(http.StatusOK, map[string]any{"query": q, "prediction": p, "models": s.Learning.Versions(), "outlooks": s.Learning.Outlooks()})
 }
 
 // recommend: POST /learning/recommend {app, resources, candidates} → the
@@ -274,6 +274,6 @@ func (s *Server) recommend(c echo.Context) error {
 	if err != nil {
 		return learningError(err)
 	}
-	return c.JSON(http.StatusOK, map[string]any{"query": q, "ranked": ranked, "models": s.Learning.Versions(),
+	return c.JSON(http.StatusOK, map[string]any{"query": q, "ranked": ranked, "models": s.Learning.Versions(), "outlooks": s.Learning.Outlooks(),
 		"took_us": time.Since(start).Microseconds()})
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -95,7 +96,8 @@ type served struct {
 	pred       *model.Predictor
 	throughput *model.Linear
 	thrEnc     *model.Encoder
-	versions   map[string]int // "kind/subject" → version
+	versions   map[string]int    // "kind/subject" → version
+	outlooks   map[string]string // "solar/node" → the baseline standing in for a not-ready forecast
 	wPerLoad   map[string]float64
 	nodes      []nodeFacts
 	nodeIx     map[string]int
@@ -150,7 +152,7 @@ func New(cfg Config, st *store.Store, reg prometheus.Registerer, appCPU func(str
 	}
 	s := &Service{cfg: cfg, store: st, log: log.With("component", "learning"), m: m, now: time.Now, appCPU: appCPU,
 		last: map[string]lastSample{}, rates: map[string]float64{}, kick: make(chan string, 1)}
-	s.cur.Store(&served{pred: &model.Predictor{}, versions: map[string]int{}, nodeIx: map[string]int{}})
+	s.cur.Store(&served{pred: &model.Predictor{}, versions: map[string]int{}, outlooks: map[string]string{}, nodeIx: map[string]int{}})
 	return s, nil
 }
 
@@ -250,7 +252,7 @@ func (s *Service) Reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sv := &served{versions: map[string]int{}, wPerLoad: map[string]float64{}, nodes: nodes, nodeIx: make(map[string]int, len(nodes)), at: s.now()}
+	sv := &served{versions: map[string]int{}, outlooks: map[string]string{}, wPerLoad: map[string]float64{}, nodes: nodes, nodeIx: make(map[string]int, len(nodes)), at: s.now()}
 	for i := range nodes {
 		sv.nodeIx[nodes[i].Name] = i
 	}
@@ -287,6 +289,29 @@ func (s *Service) Reload(ctx context.Context) error {
 			}
 		}
 	}
+	// A green node whose solar forecast has no ready version yet still
+	// gets an outlook: from the baseline that beat the newest version
+	// (seasonal-naive through a cloudy spell, typically). The model itself
+	// is not served; Outlooks says which baseline stands in.
+	latest, err := s.store.LatestModels(ctx, KindSolar)
+	if err != nil {
+		return err
+	}
+	for i := range latest {
+		r := &latest[i]
+		if fc[KindSolar][r.Subject] != nil || r.Status != store.ModelNotReady {
+			continue
+		}
+		var prm params
+		if json.Unmarshal([]byte(r.Params), &prm) != nil || prm.Fallback == nil {
+			continue
+		}
+		if fc[KindSolar] == nil {
+			fc[KindSolar] = map[string]*model.Forecast{}
+		}
+		fc[KindSolar][r.Subject] = prm.Fallback
+		sv.outlooks[KindSolar+"/"+r.Subject] = prm.Fallback.Method + " (version " + strconv.Itoa(r.Version) + " not ready)"
+	}
 	for _, n := range nodes {
 		// The energy outlook needs the node's charge now, its capacity and
 		// what will come in: without any of them the Planner falls back on
@@ -312,6 +337,17 @@ func (s *Service) Versions() map[string]int {
 	out := make(map[string]int, len(v))
 	for k, x := range v {
 		out[k] = x
+	}
+	return out
+}
+
+// Outlooks names the baselines standing in for not-ready solar forecasts,
+// by "solar/node".
+func (s *Service) Outlooks() map[string]string {
+	o := s.cur.Load().outlooks
+	out := make(map[string]string, len(o))
+	for k, v := range o {
+		out[k] = v
 	}
 	return out
 }

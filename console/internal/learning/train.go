@@ -18,6 +18,9 @@ import (
 // params is a registry entry's model, by kind.
 type params struct {
 	Forecast   *model.Forecast `json:"forecast,omitempty"`
+	// Fallback is the baseline that beat a not-ready forecast: the energy
+	// outlook runs it while no version of the forecast is served.
+	Fallback *model.Forecast `json:"fallback,omitempty"`
 	Linear     *model.Linear   `json:"linear,omitempty"`
 	Encoder    *model.Encoder  `json:"encoder,omitempty"`
 	CapacityWh *float64        `json:"capacity_wh,omitempty"`
@@ -159,7 +162,7 @@ func (s *Service) forecast(ctx context.Context, rep *Report, kind, subject strin
 		return
 	}
 	ev := evaluation{Model: res.Metrics, Baselines: res.Baselines, BestBaseline: res.BestBaseline}
-	s.record(ctx, rep, row, &params{Forecast: res.Model, WPerLoad: slope}, &ev, readyErr(res.Ready, res.Reason))
+	s.record(ctx, rep, row, &params{Forecast: res.Model, Fallback: res.Fallback, WPerLoad: slope}, &ev, readyErr(res.Ready, res.Reason))
 }
 
 // notReady carries a trained model's reason for not being served.

@@ -294,3 +294,12 @@ func (s *Store) PruneModels(ctx context.Context, keep int) error {
 		"(SELECT MAX(x.version) FROM learning_models x WHERE x.kind = learning_models.kind AND x.subject = learning_models.subject) - ?",
 		keep).Error
 }
+
+// LatestModels returns the newest version of kind for every subject, with
+// its parameters, whatever its status.
+func (s *Store) LatestModels(ctx context.Context, kind string) ([]LearningModel, error) {
+	var out []LearningModel
+	err := s.db.WithContext(ctx).Where("kind = ? AND version = (SELECT MAX(x.version) FROM learning_models x "+
+		"WHERE x.kind = learning_models.kind AND x.subject = learning_models.subject)", kind).Find(&out).Error
+	return out, err
+}

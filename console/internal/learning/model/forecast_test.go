@@ -42,8 +42,8 @@ func TestTrainForecastRecoversSeasonal(t *testing.T) {
 	if res.Metrics.MAE > 1.5 {
 		t.Errorf("holdout MAE %.3f, want below 1.5 (noise alone is 0.8)", res.Metrics.MAE)
 	}
-	if res.Metrics.N != 24 {
-		t.Errorf("scored %d points, want 24", res.Metrics.N)
+	if res.Metrics.N != 4*24 || res.Origins != 4 {
+		t.Errorf("scored %d points from %d origins, want 4 × 24", res.Metrics.N, res.Origins)
 	}
 	for name, b := range res.Baselines {
 		if res.Metrics.MAE >= b.MAE {
@@ -177,8 +177,10 @@ func TestTrainForecastGaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Metrics.N != 24-3 {
-		t.Errorf("scored %d holdout points, want 21: gaps are never scored", res.Metrics.N)
+	// Four origins six hours apart: each 24-step holdout holds one 3-step
+	// gap.
+	if res.Metrics.N != 4*(24-3) {
+		t.Errorf("scored %d holdout points, want 4 × 21: gaps are never scored", res.Metrics.N)
 	}
 	if !res.Ready {
 		t.Errorf("not ready with short gaps: %s", res.Reason)
@@ -332,11 +334,31 @@ func TestTrainForecastHoldoutUnobserved(t *testing.T) {
 	for i := 74; i < 94; i++ {
 		s.Values[i] = math.NaN()
 	}
-	res, err := TrainForecast(s, ForecastOptions{Period: 24, Holdout: 20, MaxGapFrac: 0.3})
+	res, err := TrainForecast(s, ForecastOptions{Period: 24, Holdout: 20, MaxGapFrac: 0.3, Origins: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Ready || res.Metrics.N != 0 || !strings.Contains(res.Reason, "nothing to compare") {
 		t.Errorf("ready=%v n=%d: %s", res.Ready, res.Metrics.N, res.Reason)
+	}
+}
+
+// TestTrainForecastOrigins: the held-out error averages over origins at
+// several times of day, fewer when the data are short, and one origin is
+// the plain last-holdout evaluation.
+func TestTrainForecastOrigins(t *testing.T) {
+	long := seasonal(10*24, 50, 0, 20, 1, 3)
+	res, err := TrainForecast(long, ForecastOptions{Period: 24})
+	if err != nil || res.Origins != 4 || res.Metrics.N != 96 {
+		t.Fatalf("10 days: %d origins, %d points, %v", res.Origins, res.Metrics.N, err)
+	}
+	short := seasonal(3*24+6, 50, 0, 20, 1, 3)
+	res, err = TrainForecast(short, ForecastOptions{Period: 24})
+	if err != nil || res.Origins != 2 || res.Metrics.N != 48 {
+		t.Fatalf("3 days and 6 hours: %d origins, %d points, %v", res.Origins, res.Metrics.N, err)
+	}
+	res, err = TrainForecast(long, ForecastOptions{Period: 24, Origins: 1})
+	if err != nil || res.Origins != 1 || res.Metrics.N != 24 {
+		t.Fatalf("one origin: %d origins, %d points, %v", res.Origins, res.Metrics.N, err)
 	}
 }

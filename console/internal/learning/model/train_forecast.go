@@ -15,6 +15,13 @@ type ForecastOptions struct {
 	Min, Max   *float64
 	MAPEFloor  float64 // |actual| below this is left out of MAPE (default: 1% of the series' max |value|)
 	MaxGapFrac float64 // more missing than this fraction → ErrBadSeries (default 0.2); shorter gaps are filled by interpolation
+	// Origins is how many forecast origins the held-out error averages
+	// over (default 4), spread evenly over one period before the last: a
+	// single origin at the same time of day every training would judge a
+	// solar forecast against "last value" at midnight — zero all day —
+	// which on a dark day is hard to beat and no forecast at all. Fewer
+	// origins are used when the data are short.
+	Origins int
 }
 
 // ForecastResult is a trained forecast and the evidence for serving it.
@@ -25,6 +32,12 @@ type ForecastResult struct {
 	BestBaseline string             `json:"best_baseline"`
 	Ready        bool               `json:"ready"`  // MAE strictly below the best baseline's
 	Reason       string             `json:"reason"` // why not ready, in words with the numbers; or what it beat
+	Origins      int                `json:"origins"` // forecast origins the metrics average over
+	// Fallback is the best baseline refit on all the data, set when
+	// Holt-Winters is not ready: the forecast that beat it, for a caller
+	// that needs some outlook (named by its Method, never mistaken for the
+	// model).
+	Fallback *Forecast `json:"fallback,omitempty"`
 }
 
 // baselineOrder is the order baselines are reported and tie-broken in.
@@ -50,6 +63,11 @@ func TrainForecast(s Series, opt ForecastOptions) (*ForecastResult, error) {
 		return nil, fmt.Errorf("%w: %d steps, need %d (%d periods of %d besides a holdout of %d)",
 			ErrTooLittleData, n, need, opt.MinPeriods, per, hold)
 	}
+	stride := max(1, per/opt.Origins)
+	origins := opt.Origins
+	for origins > 1 && n-hold-(origins-1)*stride < opt.MinPeriods*per {
+		origins--
+	}
 	lo, hi := math.Inf(-1), math.Inf(1)
 	if opt.Min != nil {
 		lo = *opt.Min
@@ -62,19 +80,34 @@ func TrainForecast(s Series, opt ForecastOptions) (*ForecastResult, error) {
 		floor = defaultFloor(s.Values)
 	}
 
-	train, trainObs := y[:n-hold], obs[:n-hold]
-	actual, actualObs := y[n-hold:], obs[n-hold:]
-	endTrain := s.Time(n - hold - 1)
-
-	hw := newHWFitter(train, trainObs, per, hold, lo, hi)
-	m := hw.model(hw.fit())
-	m.finish(train, endTrain, s.Step, opt)
+	// Parameters are chosen on the data before the first origin, so no
+	// held-out step informs them; each origin then filters its own
+	// training part with them and forecasts the holdout after it.
+	first := n - hold - (origins-1)*stride
+	params := newHWFitter(y[:first], obs[:first], per, hold, lo, hi).fit()
+	var pred, actual []float64
+	var actualObs []bool
+	base := make(map[string][]float64, len(baselineOrder))
+	for k := range origins {
+		o := first + k*stride
+		train := y[:o]
+		endTrain := s.Time(o - 1)
+		m := newHWFitter(train, obs[:o], per, hold, lo, hi).model(params)
+		m.finish(train, endTrain, s.Step, opt)
+		pred = append(pred, m.Next(hold)...)
+		actual = append(actual, y[o:o+hold]...)
+		actualObs = append(actualObs, obs[o:o+hold]...)
+		for _, b := range baselineOrder {
+			base[b] = append(base[b], baseline(b, train, per, endTrain, s.Step, opt).Next(hold)...)
+		}
+	}
 	res := &ForecastResult{
-		Metrics:   metrics(m.Next(hold), actual, actualObs, floor),
+		Metrics:   metrics(pred, actual, actualObs, floor),
 		Baselines: make(map[string]Metrics, len(baselineOrder)),
+		Origins:   origins,
 	}
 	for _, b := range baselineOrder {
-		res.Baselines[b] = metrics(baseline(b, train, per, endTrain, s.Step, opt).Next(hold), actual, actualObs, floor)
+		res.Baselines[b] = metrics(base[b], actual, actualObs, floor)
 	}
 	res.BestBaseline = baselineOrder[0]
 	for _, b := range baselineOrder[1:] {
@@ -99,6 +132,9 @@ func TrainForecast(s Series, opt ForecastOptions) (*ForecastResult, error) {
 	best := res.Baselines[res.BestBaseline]
 	res.Ready = res.Metrics.N > 0 && res.Metrics.MAE < best.MAE
 	res.Reason = forecastReason(res, hold)
+	if !res.Ready && res.Metrics.N > 0 {
+		res.Fallback = baseline(res.BestBaseline, y, per, s.End(), s.Step, opt)
+	}
 	return res, nil
 }
 
@@ -125,6 +161,9 @@ func (o *ForecastOptions) defaults() error {
 	}
 	if o.MaxGapFrac == 0 {
 		o.MaxGapFrac = 0.2
+	}
+	if o.Origins <= 0 {
+		o.Origins = 4
 	}
 	return nil
 }
@@ -170,7 +209,7 @@ func forecastReason(r *ForecastResult, hold int) string {
 		fmt.Fprintf(&b, "holt-winters MAE %s%s is not below the best baseline, %s (MAE %s%s)",
 			num(hw.MAE), mapeText(hw), r.BestBaseline, num(best.MAE), mapeText(best))
 	}
-	fmt.Fprintf(&b, ", forecasting %d held-out steps (%d observed)", hold, hw.N)
+	fmt.Fprintf(&b, ", forecasting %d held-out steps from %d origins (%d observed)", hold, r.Origins, hw.N)
 	others := make([]string, 0, len(baselineOrder))
 	for _, name := range baselineOrder {
 		if name != r.BestBaseline {

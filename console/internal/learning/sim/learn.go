@@ -39,11 +39,17 @@ type LearnConfig struct {
 	// beat though it is no forecast of a panel at all. Unserved, a node
 	// falls back to the Planner's battery trend.
 	ServeUnready bool
+	// NoFallback leaves a node whose forecast is not ready to the
+	// Planner's battery trend, instead of the baseline that beat the
+	// forecast (which the console runs).
+	NoFallback bool
 }
 
-// DefaultLearn is the configuration the results are reported with.
+// DefaultLearn is the configuration the results are reported with: the
+// console's own defaults (--battery-reserve 10, hourly retraining, a day's
+// energy horizon, only models that beat their baselines served).
 func DefaultLearn() LearnConfig {
-	return LearnConfig{Horizon: 24 * time.Hour, RetrainEvery: time.Hour, CapacityStep: 15 * time.Minute, ServeUnready: true}
+	return LearnConfig{ReservePct: 10, Horizon: 24 * time.Hour, RetrainEvery: time.Hour, CapacityStep: 15 * time.Minute}
 }
 
 // SolarPeriod is a day of hourly values.
@@ -81,7 +87,7 @@ func TrainModels(s *State, cfg LearnConfig) *Models {
 		m.Caps[i] = c
 		idle, dark := idleDark(s.Hist.Nodes[i])
 		m.Reserve[i] = min(max(100*idle*dark/c, MinReservePct), MaxReservePct)
-		m.Notes = append(m.Notes, fmt.Sprintf("%s: capacity %.0f Wh fitted (true %.0f); reserve %.1f%% = %.0f W idle × %.0f h dark",
+		m.Notes = append(m.Notes, fmt.Sprintf("%s: capacity %.0f Wh fitted (true %.0f); derived reserve %.1f%% = %.0f W idle × %.0f h dark (used when ReservePct is 0)",
 			n.Name, c, n.BatteryWh, m.Reserve[i], idle, dark))
 	}
 	return m
@@ -235,6 +241,13 @@ func (l *Learner) trainSolar(s *State, note bool) {
 			delete(l.solar, i)
 			if note {
 				l.Notes = append(l.Notes, fmt.Sprintf("%s: no solar forecast: %v", n.Name, err))
+			}
+		case !res.Ready && !l.cfg.ServeUnready && res.Fallback != nil && !l.cfg.NoFallback:
+			// As the console does: Holt-Winters is not served; the energy
+			// outlook runs the baseline that beat it.
+			l.solar[i] = res.Fallback
+			if note {
+				l.Notes = append(l.Notes, fmt.Sprintf("%s: solar forecast not served, outlook from %s: %s", n.Name, res.Fallback.Method, res.Reason))
 			}
 		case !res.Ready && !l.cfg.ServeUnready:
 			delete(l.solar, i)
