@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"os"
@@ -157,17 +158,7 @@ func TestLearningPlane(t *testing.T) {
 		{"models: consumer", "GET", "/api/v1/learning/models", "", http.Header{"Authorization": {"Bearer " + consumer.Token}}, 403},
 		{"predict: consumer", "POST", "/api/v1/learning/predict", query + `,"node":"grid-1"}`, http.Header{"Authorization": {"Bearer " + consumer.Token}, "Content-Type": {"application/json"}}, 403},
 	} {
-		var body *bytes.Reader
-		if tc.body != "" {
-			body = bytes.NewReader([]byte(tc.body))
-		}
-		var code int
-		var raw []byte
-		if body != nil {
-			code, _, raw = c.send(tc.method, tc.path, tc.header, body)
-		} else {
-			code, _, raw = c.send(tc.method, tc.path, tc.header, nil)
-		}
+		code, raw := c.sendText(tc.method, tc.path, tc.header, tc.body)
 		if code != tc.want || !bytes.Contains(raw, []byte(`"error"`)) {
 			t.Errorf("%s: %d %.200s, want %d with an error", tc.name, code, raw, tc.want)
 		}
@@ -300,4 +291,14 @@ func TestLearningPlane(t *testing.T) {
 	if code, _, _ := c.send("GET", "/readyz", nil, nil); code != 200 {
 		t.Fatalf("console not ready after the bad input: %d", code)
 	}
+}
+
+// sendText sends body ("" for none) and returns the status and body.
+func (c *consoleEnv) sendText(method, path string, header http.Header, body string) (int, []byte) {
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	code, _, raw := c.send(method, path, header, r)
+	return code, raw
 }

@@ -72,17 +72,7 @@ func TestPlacementBadInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var body *bytes.Reader
-			if tc.body != "" {
-				body = bytes.NewReader([]byte(tc.body))
-			}
-			var code int
-			var raw []byte
-			if body != nil {
-				code, _, raw = c.send(tc.method, tc.path, tc.header, body)
-			} else {
-				code, _, raw = c.send(tc.method, tc.path, tc.header, nil)
-			}
+			code, raw := c.sendText(tc.method, tc.path, tc.header, tc.body)
 			if code != tc.want || !bytes.Contains(raw, []byte(`"error"`)) {
 				t.Fatalf("%s %s: %d %s, want %d with an error", tc.method, tc.path, code, raw, tc.want)
 			}

@@ -1,6 +1,7 @@
 package learning
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -243,9 +244,9 @@ func (s *Service) Recommend(q Query, candidates []string, horizonHours float64) 
 			return d
 		}
 		if ka.latency != kb.latency {
-			return cmpFloat(ka.latency, kb.latency)
+			return cmp.Compare(ka.latency, kb.latency)
 		}
-		return cmpFloat(ka.load, kb.load)
+		return cmp.Compare(ka.load, kb.load)
 	})
 	ranked := make([]Ranked, len(out))
 	for r, i := range idx {
@@ -253,14 +254,4 @@ func (s *Service) Recommend(q Query, candidates []string, horizonHours float64) 
 		ranked[r].Rank = r + 1
 	}
 	return ranked, nil
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
