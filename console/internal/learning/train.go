@@ -158,6 +158,10 @@ func (s *Service) forecast(ctx context.Context, rep *Report, kind, subject strin
 		Rows: observed(vals), Features: `["time of day","level","trend"]`}
 	res, err := model.TrainForecast(model.Series{Start: start, Step: ns.Step, Values: vals}, opt)
 	if err != nil {
+		if errors.Is(err, model.ErrTooLittleData) {
+			err = fmt.Errorf("%w (%s of history at %s steps; a forecast needs three days: two to fit, one held out)",
+				err, (time.Duration(len(vals)) * ns.Step).String(), ns.Step)
+		}
 		s.record(ctx, rep, row, nil, nil, err)
 		return
 	}
