@@ -31,7 +31,7 @@ test: vet
 	@$(MAKE) --no-print-directory fuzz
 
 # Bounded fuzzing of what parses untrusted input: modules (agent loader and
-# console check), cell batches, segments, stream records, engine blobs. Budgets are
+# console check), cell batches, segments, stream records, engine blobs, OTA bundles. Budgets are
 # execution counts (about 15 s each on a 2-core machine), not durations: a
 # duration-based -fuzztime races Go's fuzz coordinator at the deadline and
 # can fail with a bare "context deadline exceeded" and no crasher
@@ -46,6 +46,7 @@ fuzz:
 	$(call fuzz,FuzzDecode,200000,./shared/segment/)
 	$(call fuzz,FuzzDecodeRecord,250000,./edge-agent/internal/streams/)
 	$(call fuzz,FuzzDecode,200000,./shared/engine/)
+	$(call fuzz,FuzzVerify,20000,./shared/ota/)
 
 test-short:
 	$(GO) test -short -count=1 ./...
