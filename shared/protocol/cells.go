@@ -21,6 +21,8 @@ type Desired struct {
 	// compile ahead: a cell is about to migrate here, and compiling after
 	// the source stopped it would stretch the migration's downtime.
 	Prefetch []string `json:"prefetch,omitempty"`
+	// Update asks the node to run another release of the agent (OTA).
+	Update *UpdateSpec `json:"update,omitempty"`
 }
 
 // CellSpec is one cell as the console wants it run.
@@ -123,6 +125,8 @@ type Actual struct {
 	Streams    []StreamStatus `json:"streams,omitempty"`
 	// Modules are the modules compiled and ready on the node (digests).
 	Modules []string `json:"modules,omitempty"`
+	// Update is where the node's newest update stands.
+	Update *UpdateStatus `json:"update,omitempty"`
 }
 
 // CellStatus is one cell's state, counters and recent events on a node.
@@ -264,6 +268,11 @@ func (c *CellSpec) Validate() error {
 func (d *Desired) Validate(node string) error {
 	if d.Node != node {
 		return invalid("desired state names node %q, not %q", d.Node, node)
+	}
+	if d.Update != nil {
+		if err := d.Update.Validate(); err != nil {
+			return err
+		}
 	}
 	seen := map[string]bool{}
 	for i := range d.Cells {
