@@ -169,6 +169,8 @@ func (s *Service) Run(ctx context.Context) error {
 	defer collect.Stop()
 	refresh := time.NewTicker(30 * time.Second)
 	defer refresh.Stop()
+	prune := time.NewTicker(time.Hour)
+	defer prune.Stop()
 	var train <-chan time.Time
 	if s.cfg.Interval > 0 {
 		t := time.NewTicker(s.cfg.Interval)
@@ -186,6 +188,14 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-refresh.C:
 			if err := s.Reload(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("served models not refreshed", "err", err)
+			}
+		case <-prune.C:
+			// Cell samples older than the window are never read again.
+			n, err := s.store.DeleteCellSamplesBefore(ctx, s.now().Add(-s.cfg.Window).UnixMicro())
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn("old cell samples not pruned", "err", err)
+			} else if n > 0 {
+				s.log.Debug("old cell samples pruned", "rows", n)
 			}
 		case <-train:
 			if _, err := s.Train(ctx, "schedule"); err != nil && ctx.Err() == nil {
