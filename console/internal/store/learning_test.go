@@ -135,3 +135,30 @@ func TestNodeEventsOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestCellSamplesRetention: samples come back in time order within the
+// range asked, and retention removes only the old ones.
+func TestCellSamplesRetention(t *testing.T) {
+	eachDB(t, func(t *testing.T, db testDB) {
+		s := db.open()
+		ctx := context.Background()
+		var rows []CellSample
+		for i := range 5 {
+			rows = append(rows, CellSample{Cell: "c", Module: "m", Node: "n", TimeUS: int64(100 - i*10), RatePerS: float64(i)})
+		}
+		if err := s.InsertCellSamples(ctx, rows); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.CellSamples(ctx, 70, 100, 10)
+		if err != nil || len(got) != 3 || got[0].TimeUS != 70 || got[2].TimeUS != 90 {
+			t.Fatalf("range: %+v %v", got, err)
+		}
+		n, err := s.DeleteCellSamplesBefore(ctx, 80)
+		if err != nil || n != 2 {
+			t.Fatalf("retention removed %d, %v", n, err)
+		}
+		if got, _ := s.CellSamples(ctx, 0, 1000, 10); len(got) != 3 {
+			t.Fatalf("%d left", len(got))
+		}
+	})
+}
