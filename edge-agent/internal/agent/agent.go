@@ -20,6 +20,7 @@ import (
 
 	"github.com/cloudskin/cloudskin/edge-agent/internal/autonomy"
 	"github.com/cloudskin/cloudskin/edge-agent/internal/journal"
+	"github.com/cloudskin/cloudskin/edge-agent/internal/ota"
 	"github.com/cloudskin/cloudskin/edge-agent/internal/telemetry"
 	"github.com/cloudskin/cloudskin/shared/protocol"
 )
@@ -41,6 +42,11 @@ type Agent struct {
 	// edge autonomy's policy (autonomy.go).
 	events *eventOutbox
 	auto   *autonomyPolicy
+	// updater runs over-the-air updates (ota.go); desiredSeen says a
+	// desired state came from the console since the start (its health
+	// check).
+	updater     *ota.Updater
+	desiredSeen atomic.Bool
 	// epoch counts MQTT connections; a publish is trusted only if the
 	// connection it was sent on is still the current one when it completes
 	// (paho can complete a token with a nil error across a reconnect).
@@ -56,7 +62,9 @@ type Agent struct {
 	truncatedAt time.Time
 }
 
-// Run enrolls if needed, then runs until ctx is cancelled.
+// Run enrolls if needed, then runs until ctx is cancelled. It returns
+// ota.ErrRestart when an update asks for a restart (the caller calls
+// ota.Reexec once everything here is closed).
 func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
@@ -112,6 +120,13 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 		return err
 	}
 	defer a.events.close()
+	ctx, restart := context.WithCancelCause(ctx)
+	defer restart(nil)
+	if a.updater, err = a.newUpdater(func() { a.publishActualWait(); restart(ota.ErrRestart) }); err != nil {
+		// The node keeps running its cells; it just cannot be updated.
+		a.log.Error("over-the-air updates unavailable", "err", err)
+	}
+	a.updater.Set(a.cells.desiredUpdate())
 	a.auto = newAutonomyPolicy(a.cfg, loadAutonomyState(a.cfg.Data, a.log), a.cells, a.events.add, a.saveAutonomy, a.m.registry, a.log, time.Now())
 	defer func() { a.auto.persist(time.Now()) }()
 	// The streams of the desired state the node had when it stopped.
@@ -135,6 +150,9 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 	g.Go(func() error { return a.cells.forward.run(gctx) })
 	g.Go(func() error { return a.actualLoop(gctx) })
 	g.Go(func() error { return a.events.run(gctx) })
+	if a.updater != nil {
+		g.Go(func() error { return a.updater.Run(gctx) })
+	}
 	if ln != nil {
 		srv := &http.Server{Handler: a.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error {
@@ -153,6 +171,10 @@ func Run(ctx context.Context, cfg Config, version string, log *slog.Logger) erro
 	}
 	a.log.Info("agent running", "version", version, "arch", runtime.GOARCH, "broker", a.brokerURL(), "telemetry_interval", cfg.TelemetryInterval)
 	err = g.Wait()
+	if errors.Is(context.Cause(ctx), ota.ErrRestart) {
+		a.log.Info("agent restarting for an update")
+		return ota.ErrRestart
+	}
 	a.log.Info("agent stopping")
 	return err
 }
@@ -218,6 +240,7 @@ func (a *Agent) connect() {
 		c.Publish(statusTopic, 1, true, a.status(protocol.StateOnline))
 		c.Subscribe(a.topics.Node(a.cfg.Name, protocol.LeafDesired), 1, func(_ paho.Client, m paho.Message) {
 			a.cells.setDesired(m.Payload())
+			a.desiredSeen.Store(true)
 		})
 		c.Subscribe(a.topics.Node(a.cfg.Name, protocol.LeafRequests), 1, func(_ paho.Client, m paho.Message) {
 			go a.serveRequest(m.Payload())
@@ -284,7 +307,7 @@ func (a *Agent) actualLoop(ctx context.Context) error {
 		if !a.client.IsConnectionOpen() {
 			continue
 		}
-		b, err := json.Marshal(a.cells.actual())
+		b, err := json.Marshal(a.actualState())
 		if err != nil {
 			continue
 		}

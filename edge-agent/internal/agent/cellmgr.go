@@ -143,6 +143,7 @@ func (m *cellManager) setDesired(payload []byte) {
 	}
 	m.desired = d
 	m.mu.Unlock()
+	m.a.updater.Set(d.Update)
 	// Two deliveries may race here (paho does not order them); the file
 	// write is serialised, and a stale one never overwrites a newer one.
 	m.persist.Lock()

@@ -66,6 +66,10 @@ type Config struct {
 	AutonomyReservePct float64 `yaml:"autonomy_reserve_pct"`
 	// AutonomyBatteryWh is the battery's usable capacity; 0 learns it.
 	AutonomyBatteryWh float64 `yaml:"autonomy_battery_wh"`
+	// ReleaseKey is the public key (file path or key text) update bundles
+	// must be signed with; main sets the one built in. Empty refuses every
+	// update (docs/ota.md).
+	ReleaseKey string `yaml:"release_key"`
 }
 
 // DefaultConfig is what `cloudskin-agent run` uses with no flags.
@@ -119,6 +123,7 @@ func (c *Config) Define(fs *flag.FlagSet) {
 	fs.DurationVar(&c.AutonomyGrace, "autonomy-grace", c.AutonomyGrace, "how long the console must be unreachable before the node decides alone")
 	fs.DurationVar(&c.AutonomyHorizon, "autonomy-horizon", c.AutonomyHorizon, "how long the battery must last to keep low-priority cells running (they resume above 1.5x); as the console's --energy-horizon")
 	fs.Float64Var(&c.AutonomyReservePct, "autonomy-reserve-pct", c.AutonomyReservePct, "battery charge (%) the energy forecast runs down to")
+	fs.StringVar(&c.ReleaseKey, "release-key", c.ReleaseKey, "public key (file or key text) over-the-air update bundles must be signed with; default: the one built in; none refuses updates")
 	fs.Float64Var(&c.AutonomyBatteryWh, "autonomy-battery-wh", c.AutonomyBatteryWh, "usable battery capacity in Wh; 0 learns it from how the charge moves")
 }
 
