@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/server"
 	"github.com/cloudskin/cloudskin/console/internal/store"
 	"github.com/cloudskin/cloudskin/shared/config"
+	"github.com/cloudskin/cloudskin/shared/ota"
 )
 
 const usage = `usage: cloudskin-console <command> [flags]
@@ -24,6 +26,7 @@ const usage = `usage: cloudskin-console <command> [flags]
 commands:
   serve          run the console (HTTP API, MQTT, fleet)
   token create   make a one-time enrollment token for a node
+  keys create    make the ed25519 release key pair that signs OTA bundles
   version        print the version
 
 Run "cloudskin-console <command> -h" for a command's flags. Every flag can
@@ -59,6 +62,11 @@ func run(args []string) error {
 			return fmt.Errorf("usage: cloudskin-console token create --data DIR [--db URL] [--ttl 24h] [--description TEXT]")
 		}
 		return tokenCreate(ctx, args[2:])
+	case "keys":
+		if len(args) < 2 || args[1] != "create" {
+			return fmt.Errorf("usage: cloudskin-console keys create [--dir DIR]")
+		}
+		return keysCreate(args[2:])
 	case "version":
 		fmt.Println(version)
 		return nil
@@ -101,6 +109,42 @@ func tokenCreate(ctx context.Context, args []string) error {
 	}
 	fmt.Println(tok)
 	fmt.Fprintf(os.Stderr, "enrollment token valid until %s, usable once\n", exp.Format(time.RFC3339))
+	return nil
+}
+
+// keysCreate writes a new release key pair and says where each half goes.
+func keysCreate(args []string) error {
+	dir := "./release-keys"
+	fs := flag.NewFlagSet("keys create", flag.ContinueOnError)
+	fs.StringVar(&dir, "dir", dir, "directory for release.key (private, mode 0600) and release.pub")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("keys create: unexpected argument %q", fs.Arg(0))
+	}
+	for _, name := range []string{ota.PrivateKeyFile, ota.PublicKeyFile} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return fmt.Errorf("keys create: %s exists already: refusing to overwrite a release key (agents trust its public half)", filepath.Join(dir, name))
+		}
+	}
+	pub, err := ota.CreateKeys(dir)
+	if err != nil {
+		return fmt.Errorf("keys create: %w", err)
+	}
+	priv, pubPath := filepath.Join(dir, ota.PrivateKeyFile), filepath.Join(dir, ota.PublicKeyFile)
+	fmt.Println(ota.FormatPublicKey(pub))
+	fmt.Fprintf(os.Stderr, `release key pair created:
+  %s  private (mode 0600): signs OTA bundles. Keep it off the console and
+      the nodes, with whoever builds releases, and back it up: a lost key
+      means re-flashing every node with a new public key.
+  %s  public (printed above): verifies bundles.
+use it:
+  console:  cloudskin-console serve --release-key %s   (uploads must be signed with it)
+  agents:   cloudskin-agent run --release-key %s   (a path or the key text; packaged images build it in)
+  images:   RELEASE_SIGNING_KEY=%s make images   (signs the OTA bundle; the
+            agent's build gets the public key, so images trust it from the start)
+`, priv, pubPath, pubPath, pubPath, priv)
 	return nil
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/modules"
 	"github.com/cloudskin/cloudskin/console/internal/objects"
+	"github.com/cloudskin/cloudskin/console/internal/ota"
 	"github.com/cloudskin/cloudskin/console/internal/placement"
 	"github.com/cloudskin/cloudskin/console/internal/rpc"
 	"github.com/cloudskin/cloudskin/console/internal/store"
@@ -51,6 +52,8 @@ type Server struct {
 	Objects objects.Store
 	// Learning is the learning plane (models, predictions); nil answers 503.
 	Learning *learning.Service
+	// OTA keeps release bundles and runs rollouts; nil answers 503.
+	OTA *ota.Service
 	// EnergyHorizon is the Planner's: recommendations flag green nodes
 	// whose energy will not last it.
 	EnergyHorizon time.Duration
@@ -112,6 +115,7 @@ func (s *Server) Handler() *echo.Echo {
 	s.registerDataspace(v1)
 	s.registerNodeEvents(v1)
 	s.registerLearning(v1)
+	s.registerOTA(v1)
 	return e
 }
 

@@ -26,11 +26,11 @@ const uploadRoute = "/api/v1/modules"
 const uploadTimeout = 10 * time.Minute
 
 // skipGlobalBodyLimit exempts the upload routes from the global body limit:
-// the modules service reads at most modules.MaxSize itself, the tier at most
-// a segment's declared size. Echo has matched the route before global
+// the modules service reads at most modules.MaxSize itself, the OTA service
+// at most ota.MaxBundleBytes, the tier at most a segment's declared size. Echo has matched the route before global
 // middleware runs, so c.Path() is known.
 func skipGlobalBodyLimit(c echo.Context) bool {
-	return c.Request().Method == http.MethodPost && c.Path() == uploadRoute ||
+	return c.Request().Method == http.MethodPost && (c.Path() == uploadRoute || c.Path() == bundleUploadRoute) ||
 		c.Request().Method == http.MethodPut && (c.Path() == segmentBlobRoute || c.Path() == checkpointRoute || c.Path() == documentRoute)
 }
 

@@ -225,6 +225,16 @@ func (s *Service) Republish(ctx context.Context, node string) error {
 	if d.Prefetch, err = s.store.PrefetchFor(ctx, node); err != nil {
 		return err
 	}
+	// The release the node is to run, while a rollout updates it
+	// (console/internal/ota).
+	if raw, err := s.store.NodeUpdateSpec(ctx, node); err != nil {
+		return err
+	} else if raw != "" {
+		d.Update = new(protocol.UpdateSpec)
+		if err := json.Unmarshal([]byte(raw), d.Update); err != nil {
+			return fmt.Errorf("node %s: stored update is unreadable: %w", node, err)
+		}
+	}
 	payload, err := json.Marshal(&d)
 	if err != nil {
 		return err
@@ -233,7 +243,11 @@ func (s *Service) Republish(ctx context.Context, node string) error {
 		s.log.Error("desired state not published", "node", node, "generation", gen, "err", err)
 		return fmt.Errorf("node %s generation %d: %w: %v", node, gen, ErrUnpublished, err)
 	}
-	s.log.Info("desired state published", "node", node, "generation", gen, "cells", len(d.Cells), "streams", len(d.Streams))
+	update := ""
+	if d.Update != nil {
+		update = d.Update.Rollout
+	}
+	s.log.Info("desired state published", "node", node, "generation", gen, "cells", len(d.Cells), "streams", len(d.Streams), "update", update)
 	return nil
 }
 

@@ -249,6 +249,20 @@ func (s *Service) actual(ctx context.Context, n *store.Node, payload []byte) err
 			return refuse("bad module digest", fmt.Errorf("module %q", m))
 		}
 	}
+	if a.Update != nil {
+		// The newest update status, for the OTA engine (console/internal/ota)
+		// to read; clipped, not refused: a long error must not cost the
+		// node its actual state.
+		u := *a.Update
+		u.Rollout, u.Bundle, u.Version, u.Running = truncate(u.Rollout, 80), truncate(u.Bundle, 64), truncate(u.Version, 80), truncate(u.Running, 80)
+		u.Slot, u.Phase, u.Error = truncate(u.Slot, 16), truncate(u.Phase, 16), truncate(u.Error, 1000)
+		b, _ := json.Marshal(&u)
+		err := s.store.SaveNodeUpdate(ctx, &store.NodeUpdate{Node: n.Name, StatusJSON: string(b), TimeUS: u.Time.UnixMicro(), ReceivedUS: s.now().UnixMicro()})
+		if err != nil {
+			s.log.Error("update status not stored", "node", n.Name, "err", err)
+			return fmt.Errorf("%w: %v", broker.ErrRetry, err)
+		}
+	}
 	mods, _ := json.Marshal(a.Modules)
 	s.log.Debug("actual state received", "node", n.Name, "generation", a.Generation, "cells", len(a.Cells), "streams", len(a.Streams))
 	return s.seen(ctx, n, map[string]any{"modules": string(mods)})

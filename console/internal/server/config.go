@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cloudskin/cloudskin/console/internal/learning"
+	otabundle "github.com/cloudskin/cloudskin/shared/ota"
 	"github.com/cloudskin/cloudskin/shared/protocol"
 )
 
@@ -54,9 +55,12 @@ type Config struct {
 	LearningWindow   time.Duration `yaml:"learning_window"`
 	LearningStep     time.Duration `yaml:"learning_step"`
 	BatteryReserve   float64       `yaml:"battery_reserve_pct"`
-	MosquittoDir     string        `yaml:"mosquitto_dir"`
-	MosquittoPidfile string        `yaml:"mosquitto_pidfile"`
-	LogLevel         string        `yaml:"log_level"`
+	// ReleaseKey is the public release key (a file, or the key's text)
+	// uploaded OTA bundles must be signed with; empty refuses uploads.
+	ReleaseKey       string `yaml:"release_key"`
+	MosquittoDir     string `yaml:"mosquitto_dir"`
+	MosquittoPidfile string `yaml:"mosquitto_pidfile"`
+	LogLevel         string `yaml:"log_level"`
 }
 
 // DefaultConfig is what `cloudskin-console serve` uses with no flags.
@@ -117,6 +121,7 @@ func (c *Config) Define(fs *flag.FlagSet) {
 	fs.DurationVar(&c.LearningWindow, "learning-window", c.LearningWindow, "how much telemetry history a training reads (at least 72h)")
 	fs.DurationVar(&c.LearningStep, "learning-step", c.LearningStep, "the grid the forecasts work on; must divide a day")
 	fs.Float64Var(&c.BatteryReserve, "battery-reserve", c.BatteryReserve, "battery percent a green node keeps back: its energy forecast ends there")
+	fs.StringVar(&c.ReleaseKey, "release-key", c.ReleaseKey, "public release key (release.pub from `cloudskin-console keys create`, or its text) OTA bundle uploads must be signed with; empty refuses uploads")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 }
 
@@ -170,6 +175,11 @@ func (c *Config) Validate() error {
 	}
 	if strings.ContainsAny(c.TopicPrefix, "+#") || strings.Trim(c.TopicPrefix, "/") == "" {
 		errs = append(errs, fmt.Errorf("topic-prefix: %q must be a plain topic path", c.TopicPrefix))
+	}
+	if c.ReleaseKey != "" {
+		if _, err := otabundle.LoadPublicKey(c.ReleaseKey); err != nil {
+			errs = append(errs, fmt.Errorf("release-key: %v", err))
+		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -29,6 +29,7 @@ func TestConfigFiles(t *testing.T) {
 		"jwt-ttl.bad.yml":                  "jwt-ttl:",
 		"prefix.bad.yml":                   "topic-prefix:",
 		"log-level.bad.yml":                "log-level:",
+		"release-key.bad.yml":              "release-key:",
 	}
 	files, _ := filepath.Glob("testdata/*.yml")
 	if len(files) < len(expectedErrors)+2 {

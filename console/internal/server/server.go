@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,11 +23,14 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
 	"github.com/cloudskin/cloudskin/console/internal/modules"
 	"github.com/cloudskin/cloudskin/console/internal/objects"
+	"github.com/cloudskin/cloudskin/console/internal/ota"
 	"github.com/cloudskin/cloudskin/console/internal/placement"
 	"github.com/cloudskin/cloudskin/console/internal/planner"
 	"github.com/cloudskin/cloudskin/console/internal/rpc"
 	"github.com/cloudskin/cloudskin/console/internal/store"
 	"github.com/cloudskin/cloudskin/console/internal/tier"
+	"github.com/cloudskin/cloudskin/console/internal/ui"
+	otabundle "github.com/cloudskin/cloudskin/shared/ota"
 	"github.com/cloudskin/cloudskin/shared/protocol"
 )
 
@@ -125,7 +129,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("planner: %w", err)
 	}
-	fl.OnActual(func(string) { pl.Kick() })
+	var releaseKey ed25519.PublicKey
+	if cfg.ReleaseKey != "" {
+		if releaseKey, err = otabundle.LoadPublicKey(cfg.ReleaseKey); err != nil {
+			return fmt.Errorf("release-key: %w", err)
+		}
+	} else {
+		log.Warn("no release key (--release-key): OTA bundle uploads are refused")
+	}
+	updates, err := ota.New(ota.Config{ReleaseKey: releaseKey, TempDir: filepath.Join(cfg.Data, "tmp", "ota")}, st, objs, cs, log)
+	if err != nil {
+		return err
+	}
+	fl.OnActual(func(string) { pl.Kick(); updates.Kick() })
 	fl.OnPosition(func(p protocol.Position) { pl.SetTarget(p.Target, planner.Point{Lat: p.Lat, Lon: p.Lon}) })
 
 	ln, err := net.Listen("tcp", cfg.HTTP)
@@ -149,7 +165,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	a := &api.Server{
-		Store: st, Fleet: fl, Modules: mods, Cells: cs, RPC: caller, Tier: tr, Placement: pl, Learning: lp, EnergyHorizon: cfg.EnergyHorizon, Objects: objs, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
+		Store: st, Fleet: fl, Modules: mods, Cells: cs, RPC: caller, Tier: tr, Placement: pl, Learning: lp, OTA: updates, EnergyHorizon: cfg.EnergyHorizon, Objects: objs, Tokens: auth.NewTokens([]byte(secret), cfg.JWTTTL), Metrics: m, Log: log,
 		Ready: func(ctx context.Context) error {
 			if err := st.Ping(ctx); err != nil {
 				return fmt.Errorf("database: %w", err)
@@ -157,12 +173,20 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return bus.Ready()
 		},
 	}
-	httpSrv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
+	// The web UI is a client of the API in the same process, under /ui/.
+	apiHandler := a.Handler()
+	web, err := ui.New(ui.Config{API: apiHandler, Log: log})
+	if err != nil {
+		return err
+	}
+	httpSrv := &http.Server{Handler: web.Wrap(apiHandler), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
+	httpSrv.RegisterOnShutdown(web.Close) // live streams end, so shutdown need not wait on them
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return fl.Run(gctx) })
 	g.Go(func() error { return pl.Run(gctx) })
 	g.Go(func() error { return lp.Run(gctx) })
+	g.Go(func() error { return updates.Run(gctx) })
 	g.Go(func() error {
 		log.Info("console HTTP listening", "addr", ln.Addr().String(), "db", st.Dialect(), "broker", brokerName(cfg))
 		if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -48,6 +48,9 @@ var migrations = []struct {
 	{"learning: per-cell samples, the model registry, events nodes report, solar input per sample", func(tx *gorm.DB) error {
 		return tx.AutoMigrate(&CellSample{}, &LearningModel{}, &NodeEvent{}, &Sample{})
 	}},
+	{"ota: bundles, rollouts and their nodes, the update status each node reported", func(tx *gorm.DB) error {
+		return tx.AutoMigrate(&Bundle{}, &Rollout{}, &RolloutNode{}, &NodeUpdate{})
+	}},
 }
 
 // SchemaVersion is the number of migrations this build knows.
