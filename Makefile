@@ -4,7 +4,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin
 
-.PHONY: build run test test-short bench vet fmt clean cells fuzz agent-arm64
+.PHONY: build run test test-short bench vet fmt clean cells fuzz agent-arm64 images
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/cloudskin-console ./console
@@ -19,6 +19,21 @@ build:
 agent-arm64: CC = aarch64-linux-gnu-gcc
 agent-arm64:
 	CGO_ENABLED=1 GOOS=linux GOARCH=arm64 CC='$(CC)' $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/linux-arm64/cloudskin-agent ./edge-agent
+
+# Edge images (firmware-images/README.md): for amd64 and arm64, the agent
+# cross-compiled with cgo, a .deb and a signed OTA bundle, into bin/images/,
+# with progress and a summary of sizes. A release: make images VERSION=1.2.3
+# with CLOUDSKIN_RELEASE_KEY=/path/to/release.key in the environment; without
+# it a development key is made in bin/images/dev-keys (never ship what it
+# signs). A VERSION that is not major.minor.patch[-suffix] (git describe of an
+# untagged tree) builds as 0.0.0-dev.<it>. DEB_COMPRESSION=xz: smaller, slower.
+IMAGES_DIR      ?= $(BIN)/images
+IMAGES_ARCH     ?= amd64,arm64
+ARM64_CC        ?= aarch64-linux-gnu-gcc
+DEB_COMPRESSION ?= gzip
+images:
+	@$(GO) run ./firmware-images/mkimage --version '$(VERSION)' --out '$(IMAGES_DIR)' --arch '$(IMAGES_ARCH)' \
+		--cc-arm64 '$(ARM64_CC)' --go '$(GO)' --deb-compression '$(DEB_COMPRESSION)'
 
 # Console + one local agent (edge-1) on embedded defaults; Ctrl-C stops both.
 run: build
