@@ -23,7 +23,7 @@ agent-arm64:
 # Edge images (firmware-images/README.md): for amd64 and arm64, the agent
 # cross-compiled with cgo, a .deb and a signed OTA bundle, into bin/images/,
 # with progress and a summary of sizes. A release: make images VERSION=1.2.3
-# with CLOUDSKIN_RELEASE_KEY=/path/to/release.key in the environment; without
+# with RELEASE_SIGNING_KEY=/path/to/release.key in the environment; without
 # it a development key is made in bin/images/dev-keys (never ship what it
 # signs). A VERSION that is not major.minor.patch[-suffix] (git describe of an
 # untagged tree) builds as 0.0.0-dev.<it>. DEB_COMPRESSION=xz: smaller, slower.

@@ -71,7 +71,7 @@ func builtImages(t testing.TB) imageSet {
 		cmd := exec.Command("make", "--no-print-directory", "images", "VERSION="+imagesVersion, "IMAGES_DIR="+dir)
 		cmd.Dir = ".."
 		// Never sign test images with a real release key from the environment.
-		cmd.Env = append(withoutEnvVar(os.Environ(), "CLOUDSKIN_RELEASE_KEY"), "CLOUDSKIN_RELEASE_KEY=")
+		cmd.Env = append(withoutEnvVar(os.Environ(), "RELEASE_SIGNING_KEY"), "RELEASE_SIGNING_KEY=")
 		imagesOut, imagesErr = cmd.CombinedOutput()
 		imagesOut = append(imagesOut, fmt.Sprintf("(make images took %s)\n", time.Since(start).Round(time.Second))...)
 	})

@@ -202,7 +202,7 @@ func devWarning(w io.Writer, keyPath string) {
 	line := strings.Repeat("!", 78)
 	fmt.Fprintf(w, "%s\n!! DEVELOPMENT RELEASE KEY: %s\n"+
 		"!! The agents and OTA bundles of this run trust a key made on this machine.\n"+
-		"!! Do not ship them. For a release: CLOUDSKIN_RELEASE_KEY=/path/to/release.key make images\n"+
+		"!! Do not ship them. For a release: RELEASE_SIGNING_KEY=/path/to/release.key make images\n"+
 		"!! (the pair: cloudskin-console keys create --dir DIR, kept offline).\n%s\n", line, keyPath, line)
 }
 

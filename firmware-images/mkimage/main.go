@@ -50,7 +50,7 @@ func run(args []string) error {
 	ccAMD64 := fs.String("cc-amd64", defaultCC("amd64"), "C compiler for the amd64 agent (cgo)")
 	ccARM64 := fs.String("cc-arm64", defaultCC("arm64"), "C compiler for the arm64 agent (cgo); Debian: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross")
 	fs.StringVar(&o.goTool, "go", "go", "the go command")
-	fs.StringVar(&o.releaseKey, "release-key", os.Getenv("CLOUDSKIN_RELEASE_KEY"), "private release key (release.key) that signs the bundles and whose public half the agents trust (env CLOUDSKIN_RELEASE_KEY); empty: a development key under OUT/dev-keys")
+	fs.StringVar(&o.releaseKey, "release-key", os.Getenv("RELEASE_SIGNING_KEY"), "private release key (release.key) that signs the bundles and whose public half the agents trust (env RELEASE_SIGNING_KEY); empty: a development key under OUT/dev-keys")
 	fs.StringVar(&o.debCompr, "deb-compression", "gzip", "compression of the .deb payload: gzip (fast), xz (smaller, much slower) or zstd")
 	fs.StringVar(&o.maintainer, "maintainer", "CloudSkin maintainers <maintainers@cloudskin.invalid>", "Maintainer field of the .deb")
 	fs.StringVar(&o.root, "root", "", "repository root (default: the directory holding go.mod, from the working directory up)")
@@ -111,19 +111,16 @@ func findRoot() (string, error) {
 	}
 }
 
-// The text forms of release.key and release.pub have the same prefix and
-// length, so ota.LoadPrivateKey takes a public key as a seed without
-// complaint. Signing with that would make agents trust a key anyone can
-// derive from the public file; the console and the agents take the public
-// key under the same variable name, CLOUDSKIN_RELEASE_KEY, which makes the
-// mix-up easy. So a signing key file must look private, as ssh demands.
+// checkKeyFile refuses a signing key that does not look private: the
+// public half by name (ota.LoadPrivateKey refuses its text form too), or a
+// key file others may read, as ssh demands.
 func checkKeyFile(path string) error {
 	st, err := os.Stat(path)
 	if err != nil {
 		return fmt.Errorf("release key: %w", err)
 	}
 	if filepath.Base(path) == ota.PublicKeyFile {
-		return fmt.Errorf("%s is the public release key: signing needs the private %s (CLOUDSKIN_RELEASE_KEY or --release-key)", path, ota.PrivateKeyFile)
+		return fmt.Errorf("%s is the public release key: signing needs the private %s (RELEASE_SIGNING_KEY or --release-key)", path, ota.PrivateKeyFile)
 	}
 	if st.Mode().Perm()&0o077 != 0 {
 		return fmt.Errorf("release key %s is readable by others (mode %04o): a private key must be mode 0600 (chmod 600 it); the public %s is not a signing key", path, st.Mode().Perm(), ota.PublicKeyFile)

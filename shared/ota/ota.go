@@ -148,6 +148,10 @@ const (
 	PrivateKeyFile = "release.key"
 	PublicKeyFile  = "release.pub"
 	keyPrefix      = "cloudskin-release-ed25519:"
+	// privPrefix differs from keyPrefix, so a public key can never be
+	// taken for a private one (both are 32 bytes: a public key read as a
+	// seed would sign with a key anyone can derive from release.pub).
+	privPrefix = "cloudskin-release-ed25519-private:"
 )
 
 // CreateKeys writes a new key pair into dir (the private key mode 0600); it
@@ -165,7 +169,7 @@ func CreateKeys(dir string) (ed25519.PublicKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("release key: %w", err)
 	}
-	if _, err := f.WriteString(keyPrefix + base64.StdEncoding.EncodeToString(priv.Seed()) + "\n"); err != nil {
+	if _, err := f.WriteString(privPrefix + base64.StdEncoding.EncodeToString(priv.Seed()) + "\n"); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -185,8 +189,12 @@ func FormatPublicKey(pub ed25519.PublicKey) string {
 
 // ParsePublicKey reads a public key's text form.
 func ParsePublicKey(s string) (ed25519.PublicKey, error) {
-	b, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(strings.TrimSpace(s), keyPrefix))
-	if err != nil || len(b) != ed25519.PublicKeySize || !strings.HasPrefix(strings.TrimSpace(s), keyPrefix) {
+	s = strings.TrimSpace(s)
+	if strings.HasPrefix(s, privPrefix) {
+		return nil, fmt.Errorf("release public key: this is the private key; give release.pub")
+	}
+	b, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(s, keyPrefix))
+	if err != nil || len(b) != ed25519.PublicKeySize || !strings.HasPrefix(s, keyPrefix) {
 		return nil, fmt.Errorf("release public key: not a %s key", keyPrefix)
 	}
 	return ed25519.PublicKey(b), nil
@@ -208,9 +216,12 @@ func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("release key: %w", err)
 	}
 	s := strings.TrimSpace(string(b))
-	seed, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(s, keyPrefix))
-	if err != nil || len(seed) != ed25519.SeedSize || !strings.HasPrefix(s, keyPrefix) {
-		return nil, fmt.Errorf("release key %s: not a %s private key", path, keyPrefix)
+	if strings.HasPrefix(s, keyPrefix) {
+		return nil, fmt.Errorf("release key %s is the public key: signing needs the private %s", path, PrivateKeyFile)
+	}
+	seed, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(s, privPrefix))
+	if err != nil || len(seed) != ed25519.SeedSize || !strings.HasPrefix(s, privPrefix) {
+		return nil, fmt.Errorf("release key %s: not a %s key", path, privPrefix)
 	}
 	return ed25519.NewKeyFromSeed(seed), nil
 }

@@ -174,6 +174,14 @@ func TestKeys(t *testing.T) {
 			t.Errorf("%q accepted as a key", bad)
 		}
 	}
+	// Either half taken for the other is refused: a public key read as a
+	// seed would sign with a key anyone could derive.
+	if _, err := LoadPrivateKey(filepath.Join(dir, PublicKeyFile)); err == nil {
+		t.Fatal("the public key was accepted as the signing key")
+	}
+	if _, err := LoadPublicKey(filepath.Join(dir, PrivateKeyFile)); err == nil {
+		t.Fatal("the private key was accepted as the public key")
+	}
 }
 
 // FuzzVerify: any bytes are refused or accepted, never a panic, and a
