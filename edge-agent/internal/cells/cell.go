@@ -26,6 +26,7 @@ const logLinesPerSec = 100
 type Cell struct {
 	ID string
 
+	rt      *Runtime // whose epoch ticks while the cell runs
 	limits  Limits
 	log     *slog.Logger
 	out     Output
@@ -138,6 +139,9 @@ func (r *Runtime) launch(ctx context.Context, m *Module, spec Spec, out Output, 
 // ABI version, cloudskin_init) or, given a snapshot, puts its state back instead: a
 // restored cell has run its initialisation on the node it came from.
 func (c *Cell) start(ctx context.Context, r *Runtime, m *Module, config []byte, snap *Snapshot) error {
+	c.rt = r
+	r.enter() // instantiation and the init calls run under the epoch deadline
+	defer r.leave()
 	if err := c.arm(ctx); err != nil {
 		return err
 	}
@@ -231,7 +235,9 @@ func (c *Cell) call(ctx context.Context, f *wasmtime.Func, args ...any) (int32, 
 	if err := c.arm(ctx); err != nil {
 		return 0, err
 	}
+	c.rt.enter()
 	res, err := f.Call(c.store, args...)
+	c.rt.leave()
 	c.fuelUsed()
 	if err != nil {
 		if cerr := classify(err); cerr != nil {

@@ -30,6 +30,12 @@ type Runtime struct {
 	cacheMisses atomic.Uint64
 	cellSeq     atomic.Uint64
 
+	// busy counts calls into cells in flight; the epoch advances only
+	// while it is above 0 (an idle node must not wake 100 times a second).
+	// wake tells the ticker a call started.
+	busy atomic.Int64
+	wake chan struct{}
+
 	stop      chan struct{}
 	ticker    sync.WaitGroup
 	closeOnce sync.Once
@@ -70,6 +76,7 @@ func NewRuntime(cacheDir string, log *slog.Logger) (*Runtime, error) {
 		cacheDir: cacheDir,
 		stdioDir: stdioDir,
 		stop:     make(chan struct{}),
+		wake:     make(chan struct{}, 1),
 	}
 	if err := r.newLinker(); err != nil {
 		engine.Close()
@@ -81,12 +88,23 @@ func NewRuntime(cacheDir string, log *slog.Logger) (*Runtime, error) {
 	return r, nil
 }
 
-// tick advances the epoch so that a cell's epoch deadline (its wall-clock bound) elapses.
+// tick advances the epoch so that a cell's epoch deadline (its wall-clock bound) elapses,
+// but only while a call is in flight: a deadline counts epochs from when its call armed
+// it, so epochs that pass with no call running bound nothing.
 func (r *Runtime) tick() {
 	defer r.ticker.Done()
 	t := time.NewTicker(epochTick)
 	defer t.Stop()
 	for {
+		if r.busy.Load() == 0 {
+			select {
+			case <-r.stop:
+				return
+			case <-r.wake:
+				t.Reset(epochTick)
+				continue
+			}
+		}
 		select {
 		case <-r.stop:
 			return
@@ -95,6 +113,18 @@ func (r *Runtime) tick() {
 		}
 	}
 }
+
+// enter marks a call into a cell as started (the epoch ticks); leave as ended.
+func (r *Runtime) enter() {
+	if r.busy.Add(1) == 1 {
+		select {
+		case r.wake <- struct{}{}:
+		default: // a wake is already pending
+		}
+	}
+}
+
+func (r *Runtime) leave() { r.busy.Add(-1) }
 
 // CacheStats reports compiled-code cache hits and misses since NewRuntime.
 func (r *Runtime) CacheStats() CacheStats {
