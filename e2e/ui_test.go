@@ -349,7 +349,7 @@ func TestUI(t *testing.T) {
 		}
 		b.do(chromedp.EmulateViewport(768, 1024))
 		defer b.do(chromedp.EmulateViewport(1280, 900))
-		for _, p := range []string{"/ui/fleet", "/ui/apps", "/ui/nodes/edge-2", "/ui/decisions"} {
+		for _, p := range []string{"/ui/fleet", "/ui/apps", "/ui/nodes/edge-2", "/ui/decisions", "/ui/updates"} {
 			b.open(c.url + p)
 			if w := eval[int](b, `document.documentElement.scrollWidth`); w > 768 {
 				t.Fatalf("%s at 768 px is %d px wide", p, w)
@@ -367,7 +367,7 @@ func TestUI(t *testing.T) {
 	})
 
 	t.Run("other pages", func(t *testing.T) {
-		for path, want := range map[string]string{"/ui/models": "Models", "/ui/dataspace": "Dataspace", "/ui/admin": "Administration", "/ui/rollouts": "Not yet"} {
+		for path, want := range map[string]string{"/ui/models": "Models", "/ui/dataspace": "Dataspace", "/ui/admin": "Administration"} {
 			if code := b.open(c.url + path); code != 200 {
 				t.Fatalf("%s: %d", path, code)
 			}
@@ -378,6 +378,25 @@ func TestUI(t *testing.T) {
 		b.open(c.url + "/ui/admin")
 		b.do(chromedp.Click(chromedp.CSS("#token-form button[type=submit]")))
 		b.until("token shown once", `(document.querySelector("#new-token")||{}).textContent?.startsWith("cset_") === true`, 15*time.Second)
+	})
+
+	t.Run("updates", func(t *testing.T) {
+		b.open(c.url + "/ui/fleet")
+		b.do(chromedp.Click(chromedp.CSS(`nav a[href="/ui/updates"]`)))
+		b.until("updates page", `location.pathname === "/ui/updates" && document.querySelector("#bundle-form") !== null`, 15*time.Second)
+		txt := b.text("main")
+		for _, want := range []string{"No bundles: build them with make images", "--release-key", "Upload a bundle first", "No rollouts yet"} {
+			if !strings.Contains(txt, want) {
+				t.Fatalf("updates page without %q: %q", want, txt)
+			}
+		}
+		if n := eval[int](b, `[...document.querySelectorAll("main input:not([type=hidden]), main select")].filter(e => !(e.labels && e.labels.length) && !e.getAttribute("aria-label")).length`); n != 0 {
+			t.Fatalf("%d controls without a label", n)
+		}
+		if code := b.open(c.url + "/ui/rollouts"); code != 200 || !strings.HasSuffix(b.location(), "/ui/updates") {
+			t.Fatalf("/ui/rollouts (the old placeholder): %d at %s", code, b.location())
+		}
+		b.screenshot("updates")
 	})
 
 	t.Run("logout", func(t *testing.T) {
@@ -399,14 +418,14 @@ func TestUI(t *testing.T) {
 		if loc := b.location(); !strings.HasSuffix(loc, "/ui/dataspace") {
 			t.Fatalf("consumer landed on %s", loc)
 		}
-		if n := eval[int](b, `document.querySelectorAll('nav a[href^="/ui/fleet"], nav a[href^="/ui/apps"], nav a[href^="/ui/decisions"], nav a[href^="/ui/models"], nav a[href^="/ui/admin"]').length`); n != 0 {
+		if n := eval[int](b, `document.querySelectorAll('nav a[href^="/ui/fleet"], nav a[href^="/ui/apps"], nav a[href^="/ui/decisions"], nav a[href^="/ui/models"], nav a[href^="/ui/updates"], nav a[href^="/ui/admin"]').length`); n != 0 {
 			t.Fatalf("consumer nav has %d fleet/admin links", n)
 		}
 		if n := eval[int](b, `document.querySelectorAll('nav a[href="/ui/dataspace"]').length`); n != 1 {
 			t.Fatal("consumer nav without the dataspace")
 		}
 		b.screenshot("consumer-dataspace")
-		for _, p := range []string{"/ui/fleet", "/ui/nodes/edge-1", "/ui/apps", "/ui/decisions", "/ui/admin"} {
+		for _, p := range []string{"/ui/fleet", "/ui/nodes/edge-1", "/ui/apps", "/ui/decisions", "/ui/updates", "/ui/admin"} {
 			if code := b.open(c.url + p); code != http.StatusForbidden {
 				t.Fatalf("consumer GET %s: %d, want 403", p, code)
 			}

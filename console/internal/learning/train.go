@@ -17,10 +17,10 @@ import (
 
 // params is a registry entry's model, by kind.
 type params struct {
-	Forecast   *model.Forecast `json:"forecast,omitempty"`
+	Forecast *model.Forecast `json:"forecast,omitempty"`
 	// Fallback is the baseline that beat a not-ready forecast: the energy
 	// outlook runs it while no version of the forecast is served.
-	Fallback *model.Forecast `json:"fallback,omitempty"`
+	Fallback   *model.Forecast `json:"fallback,omitempty"`
 	Linear     *model.Linear   `json:"linear,omitempty"`
 	Encoder    *model.Encoder  `json:"encoder,omitempty"`
 	CapacityWh *float64        `json:"capacity_wh,omitempty"`

@@ -257,7 +257,3 @@ func (u *UI) decisionsPage(c echo.Context) error {
 	d.Decisions = resp.Decisions
 	return u.render(c, http.StatusOK, "decisions", "Planner decisions", d)
 }
-
-func (u *UI) rolloutsPage(c echo.Context) error {
-	return u.render(c, http.StatusOK, "rollouts", "OTA rollouts", nil)
-}

@@ -16,6 +16,9 @@ import (
 type apiError struct {
 	Code int
 	Msg  string
+	// Detail is the answer's "detail", when it has one (a rollout that
+	// would update no node lists the skipped nodes there).
+	Detail json.RawMessage
 }
 
 func (e *apiError) Error() string { return e.Msg }
@@ -44,9 +47,12 @@ func errorText(err error) string {
 	return err.Error()
 }
 
-// raw is a request body that is not JSON (a module's bytes).
+// raw is a request body that is not JSON: a module's bytes, or a stream
+// of size bytes (an OTA bundle, too large to hold in memory).
 type raw struct {
 	body        []byte
+	stream      io.Reader
+	size        int64
 	contentType string
 }
 
@@ -80,6 +86,9 @@ func (u *UI) call(ctx context.Context, token, method, path string, body any, out
 	case nil:
 	case raw:
 		rd, ct = bytes.NewReader(b.body), b.contentType
+		if b.stream != nil {
+			rd = b.stream
+		}
 	default:
 		buf, err := json.Marshal(b)
 		if err != nil {
@@ -92,6 +101,9 @@ func (u *UI) call(ctx context.Context, token, method, path string, body any, out
 		return err
 	}
 	req.RemoteAddr = "ui" // the API logs it as the caller's address
+	if b, ok := body.(raw); ok && b.stream != nil {
+		req.ContentLength = b.size // the API refuses an oversized body before reading it
+	}
 	if ct != "" {
 		req.Header.Set("Content-Type", ct)
 	}
@@ -105,13 +117,14 @@ func (u *UI) call(ctx context.Context, token, method, path string, body any, out
 	}
 	if rec.code >= 400 {
 		var e struct {
-			Error string `json:"error"`
+			Error  string          `json:"error"`
+			Detail json.RawMessage `json:"detail"`
 		}
-		msg := http.StatusText(rec.code)
+		ae := &apiError{Code: rec.code, Msg: http.StatusText(rec.code)}
 		if json.Unmarshal(rec.body.Bytes(), &e) == nil && e.Error != "" {
-			msg = e.Error
+			ae.Msg, ae.Detail = e.Error, e.Detail
 		}
-		return &apiError{Code: rec.code, Msg: msg}
+		return ae
 	}
 	if out != nil && rec.body.Len() > 0 {
 		if err := json.Unmarshal(rec.body.Bytes(), out); err != nil {

@@ -92,9 +92,10 @@ func templateFuncs() template.FuncMap {
 			}
 			return strings.Join(parts, ", ")
 		},
-		"money": func(c int64) string { return fmt.Sprintf("%d.%02d", c/100, c%100) },
-		"eq2":   func(a, b, c string) bool { return a == b || a == c },
-		"has":   hasRole,
+		"money":   func(c int64) string { return fmt.Sprintf("%d.%02d", c/100, c%100) },
+		"eq2":     func(a, b, c string) bool { return a == b || a == c },
+		"has":     hasRole,
+		"nodepct": nodePercent,
 		"deref": func(p *float64) float64 {
 			if p == nil {
 				return 0

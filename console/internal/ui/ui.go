@@ -17,10 +17,12 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 
+	"github.com/cloudskin/cloudskin/console/internal/ota"
 	assets "github.com/cloudskin/cloudskin/ui"
 )
 
@@ -144,7 +146,13 @@ func (u *UI) routes() {
 	g.POST("/models/train", u.trainModels, fleet)
 	g.POST("/models/:id/promote", u.promoteModel, fleet)
 	g.POST("/models/rollback", u.rollbackModel, fleet)
-	g.GET("/rollouts", u.rolloutsPage, fleet)
+	g.GET("/updates", u.updatesPage, fleet)
+	g.GET("/updates/rollouts", u.updatesRollouts, fleet)
+	g.GET("/rollouts", func(c echo.Context) error { return c.Redirect(http.StatusFound, Prefix+"/updates") }, fleet)
+	g.POST("/rollouts", u.startRollout, fleet)
+	g.GET("/rollouts/:id", u.rolloutPage, fleet)
+	g.GET("/rollouts/:id/progress", u.rolloutProgress, fleet)
+	g.POST("/rollouts/:id/cancel", u.cancelRollout, fleet)
 	ds := u.requireRole(dataspaceRoles...)
 	g.GET("/dataspace", u.dataspacePage, ds)
 	g.POST("/contracts", u.requestContract, ds)
@@ -155,8 +163,12 @@ func (u *UI) routes() {
 	g.POST("/users/:name/approve", u.approveUser, admin)
 	g.POST("/users/:name/disable", u.disableUser, admin)
 	g.POST("/tokens", u.createToken, admin)
-	// Module uploads are the one large body (the API's limit is 32 MiB).
-	e.POST(Prefix+"/modules", u.uploadModule, u.limitBody(33<<20), u.session, fleet)
+	// Module and bundle uploads are the large bodies (the API's limits are
+	// 32 MiB and ota.MaxBundleBytes; room is left for the multipart framing).
+	// They also get the API's upload time: the server's ReadTimeout (a
+	// minute) would cut a large upload on a site link.
+	e.POST(Prefix+"/modules", u.uploadModule, u.readDeadline(10*time.Minute), u.limitBody(33<<20), u.session, fleet)
+	e.POST(Prefix+"/bundles", u.uploadBundle, u.readDeadline(30*time.Minute), u.limitBody(ota.MaxBundleBytes+1<<20), u.session, fleet)
 }
 
 // headers sets what every UI answer carries: no framing, no sniffing, and
@@ -169,6 +181,17 @@ func (u *UI) headers(next echo.HandlerFunc) echo.HandlerFunc {
 		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'")
 		return next(c)
+	}
+}
+
+// readDeadline lets the request's body take d to arrive (best effort: a
+// connection that cannot set it keeps the server's ReadTimeout).
+func (u *UI) readDeadline(d time.Duration) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			_ = http.NewResponseController(c.Response()).SetReadDeadline(time.Now().Add(d))
+			return next(c)
+		}
 	}
 }
 

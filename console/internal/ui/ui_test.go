@@ -2,6 +2,7 @@ package ui
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +20,10 @@ import (
 	"github.com/cloudskin/cloudskin/console/internal/cells"
 	"github.com/cloudskin/cloudskin/console/internal/fleet"
 	"github.com/cloudskin/cloudskin/console/internal/metrics"
+	"github.com/cloudskin/cloudskin/console/internal/objects"
+	"github.com/cloudskin/cloudskin/console/internal/ota"
 	"github.com/cloudskin/cloudskin/console/internal/store"
+	otabundle "github.com/cloudskin/cloudskin/shared/ota"
 	"github.com/cloudskin/cloudskin/shared/protocol"
 )
 
@@ -30,14 +35,28 @@ type fixture struct {
 	api     http.Handler
 	tokens  *auth.Tokens
 	admin   string // a JWT
+	// release signs bundles the console accepts (its --release-key is the
+	// public half, unless the fixture has no key).
+	release ed25519.PrivateKey
 }
+
+// discard is a broker that drops what is published.
+type discard struct{}
+
+func (discard) Publish(string, []byte, bool) error { return nil }
 
 // newFixture seeds nodes nodes, each with a few telemetry samples, and
 // detail samples (15 min at 5 s) for edge-0000.
 func newFixture(tb testing.TB, nodes, detail int) *fixture {
+	return newFixtureKey(tb, nodes, detail, true)
+}
+
+// newFixtureKey is newFixture with (withKey) or without a release key.
+func newFixtureKey(tb testing.TB, nodes, detail int, withKey bool) *fixture {
 	tb.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, "", tb.TempDir(), quiet)
+	dir := tb.TempDir()
+	st, err := store.Open(ctx, "", dir, quiet)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -90,7 +109,27 @@ func newFixture(tb testing.TB, nodes, detail int) *fixture {
 		}
 	}
 	tokens := auth.NewTokens([]byte("0123456789abcdef0123456789abcdef"), time.Hour)
-	a := &api.Server{Store: st, Fleet: fl, Cells: cells.New(topics, st, nil, quiet), Tokens: tokens, Metrics: m, Log: quiet,
+	pub, err := otabundle.CreateKeys(filepath.Join(dir, "keys"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	priv, err := otabundle.LoadPrivateKey(filepath.Join(dir, "keys", otabundle.PrivateKeyFile))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if !withKey {
+		pub = nil
+	}
+	objs, err := objects.NewFS(filepath.Join(dir, "objects"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cs := cells.New(topics, st, discard{}, quiet)
+	updates, err := ota.New(ota.Config{ReleaseKey: pub, TempDir: filepath.Join(dir, "tmp")}, st, objs, cs, quiet)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	a := &api.Server{Store: st, Fleet: fl, Cells: cs, OTA: updates, Tokens: tokens, Metrics: m, Log: quiet,
 		Ready: func(context.Context) error { return nil }}
 	h := a.Handler()
 	u, err := New(Config{API: h, Log: quiet})
@@ -101,7 +140,7 @@ func newFixture(tb testing.TB, nodes, detail int) *fixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &fixture{handler: u.Wrap(h), api: h, tokens: tokens, admin: jwt}
+	return &fixture{handler: u.Wrap(h), api: h, tokens: tokens, admin: jwt, release: priv}
 }
 
 func (f *fixture) get(tb testing.TB, path, jwt string, bearer bool) *httptest.ResponseRecorder {
@@ -130,7 +169,12 @@ func TestPages(t *testing.T) {
 		{"/ui/nodes/edge-0000", f.admin, 200, `id="series"`},
 		{"/ui/nodes/nope", f.admin, 404, `role="alert"`},
 		{"/ui/decisions", f.admin, 200, "No decisions"},
-		{"/ui/rollouts", f.admin, 200, "Not yet"},
+		{"/ui/updates", f.admin, 200, "No bundles: build them with <code>make images</code>"},
+		{"/ui/updates/rollouts", f.admin, 200, "No rollouts yet"},
+		{"/ui/rollouts", f.admin, 302, ""}, // the old placeholder's address
+		{"/ui/rollouts/1.2.0-amd64-abcdef", f.admin, 404, `role="alert"`},
+		{"/ui/updates", consumer, 403, "403"},
+		{"/ui/rollouts/1.2.0-amd64-abcdef", consumer, 403, "403"},
 		{"/ui/fleet", consumer, 403, "403"},
 		{"/ui/nodes/edge-0000", consumer, 403, "403"},
 		{"/ui/admin", consumer, 403, "403"},
@@ -141,6 +185,10 @@ func TestPages(t *testing.T) {
 		if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.want) {
 			t.Errorf("GET %s (%q): %d, want %d with %q:\n%.400s", tc.path, tc.jwt[:min(len(tc.jwt), 8)], rec.Code, tc.code, tc.want, rec.Body.String())
 		}
+	}
+	// The nav leads admins to Updates (no "not yet" any more).
+	if body := f.get(t, "/ui/fleet", f.admin, false).Body.String(); !strings.Contains(body, `href="/ui/updates"`) || strings.Contains(body, "not yet") {
+		t.Error("admin's nav without Updates, or with a placeholder")
 	}
 	// A consumer's navigation has no fleet link.
 	rec := f.get(t, "/ui/fleet", consumer, false)

@@ -30,8 +30,8 @@ type ForecastResult struct {
 	Metrics      Metrics            `json:"metrics"`   // Holt-Winters on the holdout
 	Baselines    map[string]Metrics `json:"baselines"` // "last-value", "seasonal-naive", "mean" on the holdout
 	BestBaseline string             `json:"best_baseline"`
-	Ready        bool               `json:"ready"`  // MAE strictly below the best baseline's
-	Reason       string             `json:"reason"` // why not ready, in words with the numbers; or what it beat
+	Ready        bool               `json:"ready"`   // MAE strictly below the best baseline's
+	Reason       string             `json:"reason"`  // why not ready, in words with the numbers; or what it beat
 	Origins      int                `json:"origins"` // forecast origins the metrics average over
 	// Fallback is the best baseline refit on all the data, set when
 	// Holt-Winters is not ready: the forecast that beat it, for a caller
