@@ -51,7 +51,7 @@ func (s imageSet) deb(arch string) string {
 }
 
 func (s imageSet) bundle(arch string) string {
-	return filepath.Join(s.dir, fmt.Sprintf("cloudskin-agent_%s_%s.ota.tar", imagesVersion, arch))
+	return filepath.Join(s.dir, fmt.Sprintf("cloudskin-agent_%s_%s.ota.tar.gz", imagesVersion, arch))
 }
 
 // builtImages runs `make images` the first time a test needs it. After

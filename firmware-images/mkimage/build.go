@@ -108,7 +108,7 @@ func build(o options) error {
 		}
 
 		err = p.step(fmt.Sprintf("signing %s OTA bundle", arch), func() (string, error) {
-			path := filepath.Join(o.out, fmt.Sprintf("cloudskin-agent_%s_%s.ota.tar", version, arch))
+			path := filepath.Join(o.out, fmt.Sprintf("cloudskin-agent_%s_%s.ota.tar.gz", version, arch))
 			if err := writeBundle(path, version, arch, bin, priv); err != nil {
 				return "", err
 			}

@@ -1,10 +1,10 @@
-// Package ota is the over-the-air update bundle: a tar holding a signed
-// manifest and the files it names. The console's release key (ed25519)
+// Package ota is the over-the-air update bundle: a gzip-compressed tar
+// holding a signed manifest and the files it names. The console's release key (ed25519)
 // signs the manifest; an agent trusts the public key it was built or
 // configured with and refuses a bundle that is unsigned, tampered with,
 // for another arch, or older than what it runs.
 //
-// Layout of a bundle, in this order:
+// Layout of a bundle (gzip; a plain tar is read too), in this order:
 //
 //	manifest.json   the Manifest, exactly the bytes that were signed
 //	manifest.sig    base64 of the ed25519 signature of manifest.json
@@ -13,7 +13,9 @@ package ota
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
+	"compress/gzip"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -254,7 +256,8 @@ func Build(w io.Writer, version, arch string, files map[string]string, priv ed25
 		return nil, err
 	}
 	sig := base64.StdEncoding.EncodeToString(ed25519.Sign(priv, mb))
-	tw := tar.NewWriter(w)
+	gz, _ := gzip.NewWriterLevel(w, gzip.BestCompression) // a bundle is built once, downloaded by every node
+	tw := tar.NewWriter(gz)
 	add := func(name string, mode int64, r io.Reader, size int64) error {
 		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: size, ModTime: m.Created, Format: tar.FormatPAX}); err != nil {
 			return err
@@ -279,7 +282,23 @@ func Build(w io.Writer, version, arch string, files map[string]string, priv ed25
 			return nil, err
 		}
 	}
-	return &m, tw.Close()
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return &m, gz.Close()
+}
+
+// open reads a bundle's tar stream: gzip-compressed, or a plain tar.
+func open(r io.Reader) (*tar.Reader, error) {
+	br := bufio.NewReader(r)
+	if magic, err := br.Peek(2); err == nil && magic[0] == 0x1f && magic[1] == 0x8b {
+		gz, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("%w: gzip: %v", ErrMalformed, err)
+		}
+		return tar.NewReader(gz), nil
+	}
+	return tar.NewReader(br), nil
 }
 
 // Check is what the receiver expects of a bundle.
@@ -303,7 +322,10 @@ func Verify(r io.Reader, c Check, dir string) (*Manifest, error) {
 }
 
 func verify(r io.Reader, c Check, dir string) (*Manifest, error) {
-	tr := tar.NewReader(r)
+	tr, err := open(r)
+	if err != nil {
+		return nil, err
+	}
 	next := func(want string, limit int64) ([]byte, error) {
 		h, err := tr.Next()
 		if err != nil {
@@ -321,7 +343,11 @@ func verify(r io.Reader, c Check, dir string) (*Manifest, error) {
 		if h.Size > limit {
 			return nil, fmt.Errorf("%w: %s of %d bytes", ErrMalformed, want, h.Size)
 		}
-		return io.ReadAll(io.LimitReader(tr, limit))
+		b, err := io.ReadAll(io.LimitReader(tr, limit))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrMalformed, want, err)
+		}
+		return b, nil
 	}
 	mb, err := next(ManifestName, MaxManifestSize)
 	if err != nil {
@@ -372,7 +398,7 @@ func verify(r io.Reader, c Check, dir string) (*Manifest, error) {
 		}
 	}
 	if _, err := tr.Next(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: data after the manifest's files", ErrTampered)
+		return nil, fmt.Errorf("%w: data after the manifest's files, or a broken stream (%v)", ErrTampered, err)
 	}
 	return &m, nil
 }
@@ -383,12 +409,15 @@ func extract(r io.Reader, f File, path string) error {
 		return err
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(out, h), io.LimitReader(r, f.Size+1))
-	if err == nil {
-		err = out.Sync()
-	}
+	n, rerr := io.Copy(io.MultiWriter(out, h), io.LimitReader(r, f.Size+1))
+	err = out.Sync()
 	if cerr := out.Close(); err == nil {
 		err = cerr
+	}
+	if rerr != nil {
+		// The bundle's stream broke (a corrupt gzip block, a truncation):
+		// what it carries is not what was signed.
+		return fmt.Errorf("%w: file %s: %v", ErrTampered, f.Name, rerr)
 	}
 	if err != nil {
 		return err
@@ -402,7 +431,10 @@ func extract(r io.Reader, f File, path string) error {
 // ReadManifest reads a bundle's manifest without checking anything: for
 // listing what was uploaded before it is verified.
 func ReadManifest(r io.Reader) (*Manifest, error) {
-	tr := tar.NewReader(r)
+	tr, err := open(r)
+	if err != nil {
+		return nil, err
+	}
 	h, err := tr.Next()
 	if err != nil || h.Name != ManifestName || h.Size > MaxManifestSize {
 		return nil, fmt.Errorf("%w: no manifest first", ErrMalformed)
@@ -412,4 +444,48 @@ func ReadManifest(r io.Reader) (*Manifest, error) {
 		return nil, fmt.Errorf("%w: manifest: %v", ErrMalformed, err)
 	}
 	return &m, nil
+}
+
+// Rewrite re-packs a bundle's entries through f (false drops an entry),
+// without signing anything again: for tests and tools that need a bundle
+// tampered with in one precise way.
+func Rewrite(b []byte, f func(name string, body []byte) ([]byte, bool)) ([]byte, error) {
+	tr, err := open(bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	gz := gzip.NewWriter(&out)
+	tw := tar.NewWriter(gz)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		body, err := io.ReadAll(tr)
+		if err != nil {
+			return nil, err
+		}
+		body, keep := f(h.Name, body)
+		if !keep {
+			continue
+		}
+		h.Size = int64(len(body))
+		if err := tw.WriteHeader(h); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(body); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	if err := gz.Close(); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
 }

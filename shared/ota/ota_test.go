@@ -1,10 +1,8 @@
 package ota
 
 import (
-	"archive/tar"
 	"bytes"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -108,31 +106,14 @@ func TestVerify(t *testing.T) {
 	}
 }
 
-// rewrite copies a bundle entry by entry through f (false drops it).
+// rewrite is Rewrite for a test.
 func rewrite(t *testing.T, b []byte, f func(name string, body []byte) ([]byte, bool)) []byte {
 	t.Helper()
-	tr := tar.NewReader(bytes.NewReader(b))
-	var out bytes.Buffer
-	tw := tar.NewWriter(&out)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(tr)
-		body, keep := f(h.Name, body)
-		if !keep {
-			continue
-		}
-		h.Size = int64(len(body))
-		tw.WriteHeader(h)
-		tw.Write(body)
+	out, err := Rewrite(b, f)
+	if err != nil {
+		t.Fatal(err)
 	}
-	tw.Close()
-	return out.Bytes()
+	return out
 }
 
 func TestVersions(t *testing.T) {

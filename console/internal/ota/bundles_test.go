@@ -1,7 +1,6 @@
 package ota
 
 import (
-	"archive/tar"
 	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -53,24 +52,13 @@ func (k release) build(t *testing.T, version, arch, content string) []byte {
 // unsigned is good with its signature left out.
 func unsigned(t *testing.T, good []byte) []byte {
 	t.Helper()
-	var out bytes.Buffer
-	tr, tw := tar.NewReader(bytes.NewReader(good)), tar.NewWriter(&out)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if h.Name == otabundle.SignatureName {
-			continue
-		}
-		tw.WriteHeader(h)
-		io.Copy(tw, tr)
+	out, err := otabundle.Rewrite(good, func(name string, body []byte) ([]byte, bool) {
+		return body, name != otabundle.SignatureName
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	tw.Close()
-	return out.Bytes()
+	return out
 }
 
 func sha(b []byte) string {
@@ -112,11 +100,14 @@ func TestUpload(t *testing.T) {
 		t.Fatal("stored bytes differ")
 	}
 
-	tampered := bytes.Clone(good)
-	if i := bytes.Index(tampered, []byte("echo agent 1.2.0")); i < 0 {
-		t.Fatal("agent binary not found in the bundle")
-	} else {
-		tampered[i] = 'E'
+	tampered, err := otabundle.Rewrite(good, func(name string, body []byte) ([]byte, bool) {
+		if name == otabundle.Product {
+			body = bytes.Replace(body, []byte("echo agent 1.2.0"), []byte("Echo agent 1.2.0"), 1)
+		}
+		return body, true
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	other := newRelease(t)
 	big := key.build(t, "1.3.0", "arm64", string(bytes.Repeat([]byte("x"), 4096)))

@@ -147,7 +147,7 @@ func (u *UI) uploadBundle(c echo.Context) error {
 		if errors.As(err, new(*http.MaxBytesError)) {
 			return u.result(c, "bundle-uploaded", "", &apiError{Code: http.StatusRequestEntityTooLarge, Msg: ota.ErrTooLarge.Error()}, nil)
 		}
-		return u.result(c, "bundle-uploaded", "", &apiError{Code: http.StatusBadRequest, Msg: "choose a bundle file (bin/images/*.ota.tar) to upload"}, nil)
+		return u.result(c, "bundle-uploaded", "", &apiError{Code: http.StatusBadRequest, Msg: "choose a bundle file (bin/images/*.ota.tar.gz) to upload"}, nil)
 	}
 	f, err := fh.Open()
 	if err != nil {

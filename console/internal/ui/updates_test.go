@@ -56,7 +56,7 @@ func (f *fixture) upload(t *testing.T, content []byte) *httptest.ResponseRecorde
 	var body bytes.Buffer
 	mw := multipart.NewWriter(&body)
 	if content != nil {
-		fw, err := mw.CreateFormFile("bundle", "cloudskin-agent_1.2.0_amd64.ota.tar")
+		fw, err := mw.CreateFormFile("bundle", "cloudskin-agent_1.2.0_amd64.ota.tar.gz")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,9 +80,15 @@ func TestBundleUpload(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := bundle(t, "1.2.0", "amd64", f.release)
-	tampered := bytes.Clone(good)
-	i := bytes.Index(tampered, []byte("agent 1.2.0 amd64"))
-	tampered[i] = 'A'
+	tampered, err := otabundle.Rewrite(good, func(name string, body []byte) ([]byte, bool) {
+		if name == otabundle.Product {
+			body = bytes.Replace(body, []byte("agent 1.2.0 amd64"), []byte("Agent 1.2.0 amd64"), 1)
+		}
+		return body, true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name    string
 		content []byte

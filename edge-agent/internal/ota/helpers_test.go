@@ -5,16 +5,17 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -40,9 +41,13 @@ func keys(t *testing.T) (ed25519.PublicKey, ed25519.PrivateKey) {
 }
 
 // binaryFor is the fake agent binary of a release: a shell script, so a
-// complete slot is recognisable by its content.
+// complete slot is recognisable by its content, padded with 512 KiB of
+// incompressible comment so that the (gzip) bundle is large enough to cut
+// a download in the middle of.
 func binaryFor(version string) []byte {
-	return []byte("#!/bin/sh\n# cloudskin-agent " + version + "\n" + strings.Repeat("x", 512<<10) + "\n")
+	pad := make([]byte, 384<<10)
+	rand.NewChaCha8([32]byte{byte(len(version))}).Read(pad)
+	return []byte("#!/bin/sh\n# cloudskin-agent " + version + "\n# " + base64.StdEncoding.EncodeToString(pad) + "\n")
 }
 
 // makeBundle builds a signed bundle of the fake binary of version.

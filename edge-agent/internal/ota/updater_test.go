@@ -1,9 +1,7 @@
 package ota
 
 import (
-	"archive/tar"
 	"bytes"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -328,9 +326,15 @@ func TestRefusals(t *testing.T) {
 			return b, specFor("r", b, "1.1.0")
 		}},
 		{name: "tampered", running: "1.0.0", reason: "tampered", make: func(r *rig) ([]byte, *protocol.UpdateSpec) {
-			b := makeBundle(r.t, "1.1.0", runtimeArch(), r.priv)
-			i := bytes.Index(b, []byte("# cloudskin-agent 1.1.0"))
-			b[i+2] = 'C' // a byte of the binary: its sha256 no longer matches
+			b, err := bundle.Rewrite(makeBundle(r.t, "1.1.0", runtimeArch(), r.priv), func(name string, body []byte) ([]byte, bool) {
+				if name == bundle.Product {
+					body = bytes.Replace(body, []byte("# cloudskin-agent"), []byte("# Cloudskin-agent"), 1) // its sha256 no longer matches
+				}
+				return body, true
+			})
+			if err != nil {
+				r.t.Fatal(err)
+			}
 			return b, specFor("r", b, "1.1.0")
 		}},
 		{name: "other key", running: "1.0.0", reason: "does not match the release key", make: func(r *rig) ([]byte, *protocol.UpdateSpec) {
@@ -484,29 +488,9 @@ func runtimeArch() string { return runtime.GOARCH }
 // stripEntry rewrites a bundle without the named entry.
 func stripEntry(t *testing.T, b []byte, name string) []byte {
 	t.Helper()
-	tr := tar.NewReader(bytes.NewReader(b))
-	var out bytes.Buffer
-	tw := tar.NewWriter(&out)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if h.Name == name {
-			continue
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.Copy(tw, tr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
+	out, err := bundle.Rewrite(b, func(n string, body []byte) ([]byte, bool) { return body, n != name })
+	if err != nil {
 		t.Fatal(err)
 	}
-	return out.Bytes()
+	return out
 }
