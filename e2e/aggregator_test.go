@@ -189,7 +189,7 @@ func TestAggregatorOnEdge(t *testing.T) {
 }
 
 // watModule assembles a WAT test module.
-func watModule(t *testing.T, path string) []byte {
+func watModule(t testing.TB, path string) []byte {
 	t.Helper()
 	src, err := os.ReadFile(path)
 	if err != nil {

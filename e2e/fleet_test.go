@@ -60,7 +60,7 @@ func (c *consoleEnv) samples(jwt, name string, since time.Time) []sample {
 	return out.Samples
 }
 
-func waitStatus(t *testing.T, c *consoleEnv, jwt, name, status string, timeout time.Duration) time.Duration {
+func waitStatus(t testing.TB, c *consoleEnv, jwt, name, status string, timeout time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
 	waitFor(t, timeout, name+" "+status, func() error {

@@ -470,14 +470,14 @@ func tailLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// TestFootprint measures what the packaged amd64 agent costs at idle, as it
-// ships (the .deb's binary and configuration: telemetry and heartbeat every
-// 5 s): one agent with no cells and one with 10 idle minimal cells, side by
-// side in one window with peers for scale (an idle Mosquitto broker, an idle
-// mosquitto_sub holding a QoS 1 session, and the console). It takes minutes,
-// so it runs only when asked:
+// BenchmarkFootprint measures what the packaged amd64 agent costs at idle,
+// as it ships (the .deb's binary and configuration: telemetry and heartbeat
+// every 5 s): one agent with no cells and one with 10 idle minimal cells,
+// side by side in one window with peers for scale (an idle Mosquitto broker,
+// an idle mosquitto_sub holding a QoS 1 session, and the console). One
+// measurement takes minutes, so it is a benchmark, run once:
 //
-//	CLOUDSKIN_FOOTPRINT=1 go test ./e2e -run TestFootprint -v -timeout 30m
+//	go test ./e2e -run '^$' -bench BenchmarkFootprint -benchtime 1x -v -timeout 30m
 //
 // CLOUDSKIN_FOOTPRINT_WINDOW (default 60s) and CLOUDSKIN_FOOTPRINT_SETTLE
 // (10s) set the sampling window and the wait before it;
@@ -485,10 +485,8 @@ func tailLines(s string, n int) string {
 // packaged one (same configuration), to compare a change. The tables it logs
 // are the ones in docs/benchmarks.md. Targets: idle RSS ≤ 40 MiB with 0
 // cells, idle CPU ≤ 1 % of one core.
-func TestFootprint(t *testing.T) {
-	if os.Getenv("CLOUDSKIN_FOOTPRINT") == "" {
-		t.Skip("a measurement of minutes: CLOUDSKIN_FOOTPRINT=1 go test ./e2e -run TestFootprint -v (docs/benchmarks.md)")
-	}
+func BenchmarkFootprint(b *testing.B) {
+	var t testing.TB = b
 	window := envDuration(t, "CLOUDSKIN_FOOTPRINT_WINDOW", time.Minute)
 	settle := envDuration(t, "CLOUDSKIN_FOOTPRINT_SETTLE", 10*time.Second)
 	imgs := builtImages(t)
@@ -610,6 +608,10 @@ func TestFootprint(t *testing.T) {
 			float64(a.anon)/float64(a.samples)/1024, float64(a.file)/float64(a.samples)/1024, float64(a.hwm)/1024, cpu[i], ticks)
 	}
 	t.Logf("idle footprint of %s, configured as packaged in %s:\n%s", agentBin, imgs.deb("amd64"), tbl.String())
+	b.ReportMetric(meanRSS[0], "rss-MiB-0cells")
+	b.ReportMetric(meanRSS[1], "rss-MiB-10cells")
+	b.ReportMetric(cpu[0], "cpu%-0cells")
+	b.ReportMetric(cpu[1], "cpu%-10cells")
 	if meanRSS[0] > 40 {
 		t.Errorf("idle RSS with 0 cells %.1f MiB, over the 40 MiB target", meanRSS[0])
 	}
